@@ -1,0 +1,21 @@
+"""ai_query for any Spark: answers, embeddings and structured fields from model serving endpoints, as columns.
+
+Three ways in: ``ai_query`` on a DataFrame, ``register(spark)`` / ``sql(spark, ...)`` for SQL,
+and the job runner (``python -m jobs run conf/jobs/<job>.yaml``).
+"""
+
+from .config import EndpointConfig, Registry, add_endpoint, get_endpoint, registry
+from .errors import (BatchError, ConfigError, CredentialError, EndpointError, HTTPRequestError,
+                     InvalidModelParametersError, InvalidRequestTypeError, InvalidResponseError, ParseCastError,
+                     RateLimitError, ServerError, TransportError, UnknownEndpointError,
+                     UnsupportedResponseFormatError)
+from .functions import ai_query
+from .sql import register, sql
+
+__all__ = [
+    "ai_query", "register", "sql",
+    "EndpointConfig", "Registry", "registry", "add_endpoint", "get_endpoint",
+    "BatchError", "ConfigError", "UnknownEndpointError", "CredentialError", "InvalidModelParametersError",
+    "UnsupportedResponseFormatError", "InvalidRequestTypeError", "EndpointError", "HTTPRequestError",
+    "RateLimitError", "ServerError", "TransportError", "InvalidResponseError", "ParseCastError",
+]

@@ -1,0 +1,151 @@
+"""The endpoint client: one async retry loop around one request, under the endpoint's flow control.
+
+One ``EndpointClient`` per endpoint per event loop. It owns the credentials, the
+transport (one connection pool) and the ``FlowControl`` that every request of the
+pool passes through, so a 429 slows the whole pool and not only the one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+import httpx
+
+from .auth import credentials_for
+from .config import EndpointConfig
+from .errors import (EndpointError, InvalidResponseError, RateLimitError, TransportError, status_error)
+from .ratelimit import FlowControl
+from .retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
+from .transport import make_transport
+from .wire import AnswerShapeError, Usage, error_text, parse_answer, request_body
+
+__all__ = ["EndpointClient", "CallResult", "ClientStats"]
+
+log = logging.getLogger("batch.client")
+
+
+@dataclass(slots=True)
+class CallResult:
+    """How one logical request ended, after all its attempts."""
+
+    results: list[Any] | None
+    error: EndpointError | None
+    attempts: int
+    rate_limited: int
+    latency: float
+    usage: Usage
+
+
+@dataclass(slots=True)
+class ClientStats:
+    requests: int = 0
+    attempts: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def add(self, result: CallResult) -> None:
+        self.requests += 1
+        self.attempts += result.attempts
+        self.rate_limited += result.rate_limited
+        self.failed += result.error is not None
+        self.usage.prompt_tokens += result.usage.prompt_tokens
+        self.usage.completion_tokens += result.usage.completion_tokens
+        self.usage.total_tokens += result.usage.total_tokens
+
+
+class EndpointClient:
+    def __init__(self, config: EndpointConfig, *, transport: httpx.AsyncBaseTransport | None = None,
+                 rate_share: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 rand: Callable[[], float] = random.random) -> None:
+        """``rate_share`` is the part of the endpoint's per-minute budgets this client may use."""
+        self.config = config
+        self.url = config.url()
+        self.transport = transport or make_transport(verify=config.verify_tls)
+        self.credentials = credentials_for(config, self.transport)
+        self.policy = RetryPolicy(config.max_retries, config.initial_backoff, config.max_backoff)
+        per_second = lambda per_minute: per_minute * rate_share / 60.0 if per_minute else None  # noqa: E731
+        self.flow = FlowControl(max_concurrency=config.max_concurrency,
+                                requests_per_second=per_second(config.requests_per_minute),
+                                tokens_per_second=per_second(config.tokens_per_minute), clock=clock, sleep=sleep)
+        self.stats = ClientStats()
+        self._clock, self._sleep, self._rand = clock, sleep, rand
+        self._headers = {"content-type": "application/json", "user-agent": "spark-ai-query",
+                         **dict(config.headers)}
+        t = config.timeout
+        self._timeouts = {"connect": config.connect_timeout, "read": t, "write": t, "pool": t}
+
+    async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
+                   response_format: Mapping[str, Any] | None = None) -> CallResult:
+        body = json.dumps(request_body(self.config, inputs, params, response_format),
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        estimate = len(body) // 4 + int((params or {}).get("max_tokens") or 0)
+        started = self._clock()
+        attempts = rate_limited = 0
+        while True:
+            await self.flow.admit(estimate)
+            attempts += 1
+            sent = self._clock()
+            try:
+                results, usage, error = await self._attempt(body, len(inputs))
+            except BaseException:
+                self.flow.done(None)
+                raise
+            limited = isinstance(error, RateLimitError)
+            self.flow.done(self._clock() - sent if error is None or limited else None, rate_limited=limited,
+                           token_error=usage.total_tokens - estimate if usage.total_tokens else 0)
+            rate_limited += limited
+            if error is None or not should_retry(error, attempts - 1, self.policy):
+                result = CallResult(results, error, attempts, rate_limited, self._clock() - started, usage)
+                self.stats.add(result)
+                return result
+            delay = retry_delay(attempts - 1, self.policy, error.retry_after, self._rand())
+            log.debug("retrying %s in %.3fs after attempt %d: %s", self.config.name, delay, attempts, error)
+            if limited:
+                self.flow.pause(delay)
+            else:
+                await self._sleep(delay)
+
+    async def _attempt(self, body: bytes, count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:
+        name = self.config.name
+        headers = {**self._headers, **(await self.credentials.headers())}
+        request = httpx.Request("POST", self.url, content=body, headers=headers,
+                                extensions={"timeout": self._timeouts})
+        try:
+            response = await self.transport.handle_async_request(request)
+            try:
+                content = await response.aread()
+            finally:
+                await response.aclose()
+        except httpx.TimeoutException:
+            return None, Usage(), TransportError(name, f"no answer within {self.config.timeout:g}s (timeout)")
+        except httpx.HTTPError as exc:
+            return None, Usage(), TransportError(name, f"connection failed: {exc}")
+        status = response.status_code
+        if status != 200:
+            retry_after = parse_retry_after(response.headers, time.time())
+            return None, Usage(), status_error(name, status, error_text(content), retry_after)
+        try:
+            answer = json.loads(content)
+            return parse_answer(self.config, answer, count), Usage.from_body(answer), None
+        except ValueError as exc:
+            # A cut or garbled body is a transport accident worth retrying; a well-formed body of the
+            # wrong shape will come back the same, so it is reported at once.
+            shape = isinstance(exc, AnswerShapeError)
+            snippet = content[:200].decode("utf-8", "replace")
+            return None, Usage(), InvalidResponseError(
+                name, f"unexpected answer ({exc if shape else 'not JSON'}): {snippet!r}", status=status,
+                retryable=not shape)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"EndpointClient({self.config.name!r}, {self.flow!r})"

@@ -1,0 +1,145 @@
+"""The toolkit's exceptions, one tree so callers can catch at the depth they care about.
+
+Messages carry the Databricks error class where one fits, so that users who know
+``ai_query`` recognise them, and never carry a credential value::
+
+    BatchError
+    ├── ConfigError                    bad registry / job file / argument (file, key, line)
+    │   ├── UnknownEndpointError       a name not in the endpoint registry
+    │   ├── CredentialError            a credential variable is missing (names it, never its value)
+    │   ├── InvalidModelParametersError   AI_FUNCTION_INVALID_MODEL_PARAMETERS
+    │   ├── UnsupportedResponseFormatError AI_FUNCTION_UNSUPPORTED_RESPONSE_FORMAT
+    │   └── InvalidRequestTypeError    the request column has the wrong type
+    └── EndpointError                  a row could not be answered (endpoint, status, text)
+        ├── HTTPRequestError           AI_FUNCTION_HTTP_REQUEST_ERROR: the endpoint said no
+        │   ├── RateLimitError         429
+        │   └── ServerError            408, 500, 502, 503, 504: transient, retried
+        ├── TransportError             timeouts, refused or dropped connections
+        ├── InvalidResponseError       AI_FUNCTION_INVALID_HTTP_RESPONSE: 200 with a body we cannot read
+        └── ParseCastError             AI_FUNCTION_HTTP_PARSE_CAST_ERROR: answer does not fit returnType
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatchError",
+    "ConfigError",
+    "UnknownEndpointError",
+    "CredentialError",
+    "InvalidModelParametersError",
+    "UnsupportedResponseFormatError",
+    "InvalidRequestTypeError",
+    "EndpointError",
+    "HTTPRequestError",
+    "RateLimitError",
+    "ServerError",
+    "TransportError",
+    "InvalidResponseError",
+    "ParseCastError",
+    "status_error",
+]
+
+
+class BatchError(Exception):
+    """Root of every error the toolkit raises on purpose."""
+
+
+class ConfigError(BatchError, ValueError):
+    """Something the user wrote is wrong; the message says where, so it can be fixed without guessing."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        where = []
+        if source:
+            where.append(source + (f":{line}" if line else ""))
+        if key:
+            where.append(f"key '{key}'")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+        self.reason, self.source, self.key, self.line = message, source, key, line
+
+
+class UnknownEndpointError(ConfigError):
+    pass
+
+
+class CredentialError(ConfigError):
+    pass
+
+
+class InvalidModelParametersError(ConfigError):
+    error_class = "AI_FUNCTION_INVALID_MODEL_PARAMETERS"
+
+    def __init__(self, subclass: str, message: str) -> None:
+        super().__init__(f"[{self.error_class}.{subclass}] {message}")
+        self.subclass = subclass
+
+
+class UnsupportedResponseFormatError(ConfigError):
+    error_class = "AI_FUNCTION_UNSUPPORTED_RESPONSE_FORMAT"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            f"[{self.error_class}] {message}. Supported: 'text', 'json_object', an OpenAI "
+            "json_schema document, or a DDL struct such as 'STRUCT<label: STRING>'"
+        )
+
+
+class InvalidRequestTypeError(ConfigError):
+    pass
+
+
+class EndpointError(BatchError):
+    """A row could not be answered. Carries what a user needs to act: who, what status, what they said."""
+
+    error_class = "AI_FUNCTION_HTTP_REQUEST_ERROR"
+    retryable = False
+
+    def __init__(self, endpoint: str, message: str, *, status: int | None = None,
+                 retry_after: float | None = None, retryable: bool | None = None) -> None:
+        self.endpoint, self.detail, self.status, self.retry_after = endpoint, message, status, retry_after
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        status = f" HTTP {self.status}" if self.status is not None else ""
+        return f"[{self.error_class}] endpoint '{self.endpoint}'{status}: {self.detail}"
+
+
+class HTTPRequestError(EndpointError):
+    pass
+
+
+class RateLimitError(HTTPRequestError):
+    retryable = True
+
+
+class ServerError(HTTPRequestError):
+    retryable = True
+
+
+class TransportError(EndpointError):
+    retryable = True
+
+
+class InvalidResponseError(EndpointError):
+    """A 200 whose body cannot be read: a truncated stream is worth retrying, a wrong shape is not."""
+
+    error_class = "AI_FUNCTION_INVALID_HTTP_RESPONSE"
+    retryable = True
+
+
+class ParseCastError(EndpointError):
+    error_class = "AI_FUNCTION_HTTP_PARSE_CAST_ERROR"
+
+
+TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
+
+
+def status_error(endpoint: str, status: int, text: str, retry_after: float | None = None) -> EndpointError:
+    """Map an HTTP status to its error class. Other 4xx and 5xx (501, 505...) will not change on retry."""
+    if status == 429:
+        return RateLimitError(endpoint, text, status=status, retry_after=retry_after)
+    if status in TRANSIENT_STATUSES:
+        return ServerError(endpoint, text, status=status, retry_after=retry_after)
+    return HTTPRequestError(endpoint, text, status=status)

@@ -1,0 +1,89 @@
+"""Column functions for notebooks: ``ai_query`` and the task functions built on it.
+
+Each call checks its arguments at once (an unknown endpoint or a bad modelParameters
+fails here, not in a task) and returns a Column backed by one iterator pandas UDF.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
+
+from .arguments import QuerySpec, build_spec
+from .config import EndpointConfig
+from .udf import make_udf
+
+__all__ = ["ai_query", "query_column", "rate_share"]
+
+
+def task_slots(spark: SparkSession | None = None) -> int:
+    """How many tasks may run at once: the number an endpoint's per-minute budget is split between."""
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None:
+        return 1
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect has no SparkContext; fall back on the configuration
+        for key in ("spark.default.parallelism", "spark.executor.instances"):
+            try:
+                value = spark.conf.get(key, None)
+            except Exception:
+                value = None
+            if value and str(value).isdigit():
+                return max(1, int(value))
+        return 1
+
+
+def rate_share(config: EndpointConfig, spark: SparkSession | None = None) -> float:
+    if not (config.requests_per_minute or config.tokens_per_minute):
+        return 1.0
+    return 1.0 / task_slots(spark)
+
+
+def _column(request: Column | str) -> Column:
+    return F.col(request) if isinstance(request, str) else request
+
+
+def query_column(spec: QuerySpec, request: Column | str, *, with_metadata: bool = False,
+                 name: str = "ai_query") -> Column:
+    udf = make_udf(spec, with_metadata=with_metadata, rate_share=rate_share(spec.endpoint), name=name)
+    return udf(_column(request))
+
+
+def ai_query(endpoint: str | EndpointConfig, request: Column | str, returnType: Any = None,
+             failOnError: bool = True, modelParameters: dict[str, Any] | None = None,
+             responseFormat: Any = None) -> Column:
+    """Ask a model serving endpoint about every row, as Databricks' ``ai_query`` does.
+
+    Parameters
+    ----------
+    endpoint : str
+        A name in the endpoint registry (``conf/endpoints.yaml``, ``$BATCH_ENDPOINTS`` or
+        ``batch.add_endpoint``).
+    request : Column or str
+        The prompt (STRING) for chat and completions, the text to embed for embeddings, a
+        STRUCT of the model's inputs for custom models.
+    returnType : str, optional
+        A DDL type. Custom models need one (unless their entry has ``return_type``); for chat
+        and completions the answer is parsed as JSON into it, like ``from_json``.
+    failOnError : bool, default True
+        True fails the query on the first row that cannot be answered after retries. False
+        gives ``STRUCT<result: T, errorMessage: STRING>`` and never fails for a row.
+    modelParameters : dict, optional
+        Constants passed into the request body: ``max_tokens``, ``temperature``, ``top_p``,
+        ``top_k``, ``stop``, ``n`` and any extra key the endpoint accepts.
+    responseFormat : str or dict, optional
+        ``'text'``, ``'json_object'``, an OpenAI ``json_schema`` document, or a DDL struct
+        (``'STRUCT<label: STRING>'``). The answer stays a JSON string unless returnType is given.
+
+    Examples
+    --------
+    >>> df.withColumn("answer", ai_query("my-chat", "prompt", modelParameters={"max_tokens": 64}))
+    >>> df.select(ai_query("my-chat", F.col("review"), failOnError=False,
+    ...                    responseFormat="STRUCT<sentiment: STRING>").alias("out"))
+    """
+    spec = build_spec(endpoint, returnType=returnType, failOnError=failOnError,
+                      modelParameters=modelParameters, responseFormat=responseFormat)
+    return query_column(spec, request)

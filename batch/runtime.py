@@ -1,0 +1,67 @@
+"""One event loop and one connection pool per Python worker process, alive across Arrow batches and tasks.
+
+Spark reuses Python workers (``spark.python.worker.reuse``, on by default), so the
+loop thread and the clients cached here serve every batch and every task that lands
+in the process: connections stay warm and flow control sees the whole process load.
+A fork (Spark's daemon forks workers) gets a fresh runtime, never a copy of the parent's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from typing import Any, Coroutine, TypeVar
+
+from .client import EndpointClient
+from .config import EndpointConfig
+
+__all__ = ["WorkerRuntime", "worker_runtime"]
+
+R = TypeVar("R")
+
+
+class WorkerRuntime:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="batch-io", daemon=True)
+        self._thread.start()
+        self._clients: dict[tuple[EndpointConfig, float], EndpointClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, config: EndpointConfig, rate_share: float = 1.0) -> EndpointClient:
+        key = (config, rate_share)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = EndpointClient(config, rate_share=rate_share)
+        return client
+
+    def submit(self, coroutine: Coroutine[Any, Any, R]) -> concurrent.futures.Future[R]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        return self.submit(coroutine).result()
+
+    def close(self) -> None:
+        async def _close() -> None:
+            for client in self._clients.values():
+                await client.aclose()
+        self.run(_close())
+        self._clients.clear()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+_runtime: WorkerRuntime | None = None
+_pid: int | None = None
+_guard = threading.Lock()
+
+
+def worker_runtime() -> WorkerRuntime:
+    global _runtime, _pid
+    with _guard:
+        if _runtime is None or _pid != os.getpid():
+            _runtime, _pid = WorkerRuntime(), os.getpid()
+        return _runtime

@@ -1,0 +1,40 @@
+"""A local Spark session for laptops, tests and the job runner's embedded default.
+
+``local[*]`` with a warehouse directory and Spark's Hive support (embedded Derby
+metastore, Parquet tables), all from PySpark's own jars. Workers run this same
+Python, so a virtualenv works without setting ``PYSPARK_PYTHON`` by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+__all__ = ["local_session"]
+
+
+def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
+                  app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
+    warehouse = Path(warehouse).resolve()
+    warehouse.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.sql.warehouse.dir", str(warehouse))
+               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}"))
+    if hive:
+        metastore = warehouse / "metastore_db"
+        builder = (builder.enableHiveSupport()
+                   .config("spark.hadoop.javax.jdo.option.ConnectionURL",
+                           f"jdbc:derby:;databaseName={metastore};create=true"))
+    for key, value in (extra or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,278 @@
+"""``ai_query`` from SQL: a registered function for raw ``spark.sql``, and ``batch.sql`` for exact types.
+
+A registered Python UDF has one return type, fixed when it is registered. So:
+
+* ``register(spark)`` makes ``ai_query`` callable from any ``spark.sql`` text. It
+  returns STRING, which is exactly right for chat and completions; a call that needs
+  another type (embeddings, ``returnType``, ``failOnError => false``) fails with a
+  message pointing to ``batch.sql``.
+* ``batch.sql(spark, query)`` runs the same SQL text with every ``ai_query(...)`` call
+  typed: each call's constant arguments are read from the text, checked on the driver
+  (so mistakes fail before any task runs), and the call is replaced by a typed UDF
+  registered for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Callable
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+from pyspark.sql.functions import pandas_udf
+
+from .arguments import QuerySpec, build_spec
+from .config import get_endpoint, registry
+from .engine import answer_rows
+from .errors import ConfigError
+from .functions import rate_share
+from .runtime import worker_runtime
+from .udf import make_udf, request_values, rows_to_frame
+
+__all__ = ["register", "sql", "rewrite"]
+
+ARGUMENTS = ("endpoint", "request", "returnType", "failOnError", "modelParameters", "responseFormat")
+
+
+# ---------------------------------------------------------------- raw spark.sql
+
+def register(spark: SparkSession, name: str = "ai_query") -> None:
+    """Register ``ai_query`` (STRING result) for plain ``spark.sql``; endpoints added in code so far travel along."""
+    entries = {n: registry.get(n) for n in registry.names()}
+    cache: dict[tuple, QuerySpec] = {}
+
+    def spec_for(args: tuple) -> QuerySpec:
+        if args not in cache:
+            endpoint, return_type, fail, params, fmt = args
+            config = entries.get(endpoint) or get_endpoint(endpoint)
+            spec = build_spec(config, returnType=return_type, failOnError=True if fail is None else fail,
+                              modelParameters=params, responseFormat=fmt)
+            if spec.column_type != T.StringType():
+                raise ConfigError(f"this ai_query call returns {spec.column_type.simpleString()}, but a function "
+                                  "registered for raw spark.sql returns STRING: run the query with "
+                                  "batch.sql(spark, query), which types every call")
+            cache[args] = spec
+        return cache[args]
+
+    def ai_query(endpoint: pd.Series, request: pd.Series, returnType: pd.Series = None,
+                 failOnError: pd.Series = None, modelParameters: pd.DataFrame = None,
+                 responseFormat: pd.Series = None) -> pd.Series:
+        first = lambda s: None if s is None or len(s) == 0 else s.iloc[0]  # noqa: E731 - constants per call
+        params = None if modelParameters is None else modelParameters.iloc[0].to_dict()
+        fail = first(failOnError)
+        spec = spec_for((first(endpoint), first(returnType), None if fail is None else bool(fail),
+                         _freeze(params), first(responseFormat)))
+        runtime = worker_runtime()
+        client = runtime.client(spec.endpoint, 1.0)
+        outcomes = runtime.run(answer_rows(client, request_values(request, spec), params=spec.params,
+                                           response_format=spec.response_format, convert=spec.converter()))
+        return rows_to_frame(outcomes, spec, with_metadata=False)
+
+    spark.udf.register(name, pandas_udf(ai_query, T.StringType()).asNondeterministic())
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+# ---------------------------------------------------------------- SQL text scanning
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _skip(text: str, i: int) -> int:
+    """Index after a quoted string, backquoted name or comment starting at ``i``; ``i`` if none starts there."""
+    c = text[i]
+    if c in "'\"`":
+        j = i + 1
+        while j < len(text):
+            if text[j] == "\\" and c != "`":
+                j += 2
+                continue
+            if text[j] == c:
+                if j + 1 < len(text) and text[j + 1] == c:  # doubled quote
+                    j += 2
+                    continue
+                return j + 1
+            j += 1
+        raise ConfigError(f"unterminated {c} in SQL text at position {i}")
+    if text.startswith("--", i):
+        end = text.find("\n", i)
+        return len(text) if end < 0 else end + 1
+    if text.startswith("/*", i):
+        end = text.find("*/", i + 2)
+        if end < 0:
+            raise ConfigError(f"unterminated comment in SQL text at position {i}")
+        return end + 2
+    return i
+
+
+def _closing(text: str, open_index: int) -> int:
+    depth, i = 0, open_index
+    while i < len(text):
+        j = _skip(text, i)
+        if j != i:
+            i = j
+            continue
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise ConfigError(f"unbalanced parenthesis in SQL text at position {open_index}")
+
+
+def _split_args(text: str) -> list[str]:
+    args, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        j = _skip(text, i)
+        if j != i:
+            i = j
+            continue
+        if text[i] in "([":
+            depth += 1
+        elif text[i] in ")]":
+            depth -= 1
+        elif text[i] == "," and depth == 0:
+            args.append(text[start:i])
+            start = i + 1
+        i += 1
+    tail = text[start:]
+    if tail.strip() or args:
+        args.append(tail)
+    return [a.strip() for a in args]
+
+
+def _calls(text: str, names: set[str]):
+    """Yield (start, end, name, inner text) for each top-level call of one of ``names``."""
+    i = 0
+    while i < len(text):
+        j = _skip(text, i)
+        if j != i:
+            i = j
+            continue
+        m = _IDENT.match(text, i)
+        if not m:
+            i += 1
+            continue
+        word, after = m.group(0), m.end()
+        k = after
+        while k < len(text) and text[k].isspace():
+            k += 1
+        before = text[:i].rstrip()
+        if word.lower() in names and k < len(text) and text[k] == "(" and not before.endswith("."):
+            close = _closing(text, k)
+            yield i, close + 1, word.lower(), text[k + 1:close]
+            i = close + 1
+        else:
+            i = after
+
+
+# ---------------------------------------------------------------- constant arguments
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[dDfFlL]?$")
+
+
+def literal(text: str, what: str) -> Any:
+    """The value of a constant SQL expression: strings, numbers, booleans, NULL, named_struct/array/map of those."""
+    t = text.strip()
+    if not t:
+        raise ConfigError(f"{what} is empty")
+    if t[0] in "'\"" and _skip(t, 0) == len(t):
+        body = t[1:-1]
+        return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)),
+                      body.replace(t[0] * 2, t[0]))
+    lower = t.lower()
+    if lower in ("true", "false"):
+        return lower == "true"
+    if lower == "null":
+        return None
+    if _NUMBER.match(t):
+        core = t.rstrip("dDfFlL")
+        return float(core) if any(c in core for c in ".eE") else int(core)
+    m = re.match(r"^(named_struct|array|map|struct)\s*\(", t, re.IGNORECASE)
+    if m and _closing(t, m.end() - 1) == len(t) - 1:
+        items = [literal(a, what) for a in _split_args(t[m.end():-1])]
+        kind = m.group(1).lower()
+        if kind == "array":
+            return items
+        if kind == "struct":
+            return {f"col{i + 1}": v for i, v in enumerate(items)}
+        if len(items) % 2:
+            raise ConfigError(f"{what}: {kind} needs key, value pairs")
+        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+    raise ConfigError(f"{what} must be a constant (a literal or named_struct of literals), got `{t}`")
+
+
+def bind_arguments(function: str, args: list[str], names: tuple[str, ...]) -> dict[str, str]:
+    """Positional and ``name => value`` arguments, by parameter name, with a clear error for mistakes."""
+    bound: dict[str, str] = {}
+    lower = {n.lower(): n for n in names}
+    for position, arg in enumerate(args):
+        m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=>\s*(.*)$", arg, re.DOTALL)
+        if m:
+            key = lower.get(m.group(1).lower())
+            if key is None:
+                raise ConfigError(f"{function}: unknown argument '{m.group(1)}' (arguments: {', '.join(names)})")
+            value = m.group(2)
+        else:
+            if bound and any(k != names[i] for i, k in enumerate(bound)):
+                raise ConfigError(f"{function}: a positional argument cannot follow a named one")
+            if position >= len(names):
+                raise ConfigError(f"{function}: too many arguments (at most {len(names)})")
+            key, value = names[position], arg
+        if key in bound:
+            raise ConfigError(f"{function}: argument '{key}' given twice")
+        bound[key] = value
+    return bound
+
+
+# ---------------------------------------------------------------- batch.sql
+
+Handler = Callable[[SparkSession, list[str], Callable[[str], str]], str]
+
+
+def _ai_query_call(spark: SparkSession, args: list[str], rewrite_inner: Callable[[str], str]) -> str:
+    bound = bind_arguments("ai_query", args, ARGUMENTS)
+    for required in ("endpoint", "request"):
+        if required not in bound:
+            raise ConfigError(f"ai_query: missing argument '{required}'")
+    constants = {k: literal(v, f"ai_query argument '{k}'") for k, v in bound.items() if k != "request"}
+    spec = build_spec(constants.pop("endpoint"), returnType=constants.get("returnType"),
+                      failOnError=True if constants.get("failOnError") is None else constants["failOnError"],
+                      modelParameters=constants.get("modelParameters"), responseFormat=constants.get("responseFormat"))
+    name = register_spec(spark, spec)
+    return f"{name}({rewrite_inner(bound['request'])})"
+
+
+def register_spec(spark: SparkSession, spec: QuerySpec) -> str:
+    """Register the typed UDF for one resolved call under a stable name derived from the call."""
+    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
+    name = f"ai_query_{digest}"
+    spark.udf.register(name, make_udf(spec, rate_share=rate_share(spec.endpoint, spark)))
+    return name
+
+
+HANDLERS: dict[str, Handler] = {"ai_query": _ai_query_call}
+
+
+def rewrite(spark: SparkSession, query: str) -> str:
+    """The query text with every known AI function call replaced by its typed, registered UDF."""
+    out, last = [], 0
+    for start, end, name, inner in _calls(query, set(HANDLERS)):
+        out.append(query[last:start])
+        out.append(HANDLERS[name](spark, _split_args(inner), lambda text: rewrite(spark, text)))
+        last = end
+    out.append(query[last:])
+    return "".join(out)
+
+
+def sql(spark: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
+    """``spark.sql`` with every ``ai_query`` call given its exact type (see the module docstring)."""
+    return spark.sql(rewrite(spark, query), *args, **kwargs)

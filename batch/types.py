@@ -1,0 +1,301 @@
+"""Spark types for ``returnType`` and ``responseFormat``: DDL parsing, JSON Schema, and from_json-like casts.
+
+The DDL parser is ours (not the JVM's) so that types are checked when a column is
+built, on the driver, on executors and through Spark Connect alike, with messages
+that say which part of the string is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+from typing import Any, Callable
+
+from pyspark.sql import types as T
+
+from .errors import ConfigError, ParseCastError
+
+__all__ = ["parse_ddl", "to_json_schema", "caster", "simple_string"]
+
+_PRIMITIVES: dict[str, T.DataType] = {
+    "string": T.StringType(), "boolean": T.BooleanType(), "bool": T.BooleanType(),
+    "tinyint": T.ByteType(), "byte": T.ByteType(), "smallint": T.ShortType(), "short": T.ShortType(),
+    "int": T.IntegerType(), "integer": T.IntegerType(), "bigint": T.LongType(), "long": T.LongType(),
+    "float": T.FloatType(), "real": T.FloatType(), "double": T.DoubleType(),
+    "date": T.DateType(), "timestamp": T.TimestampType(), "timestamp_ntz": T.TimestampNTZType(),
+    "timestamp_ltz": T.TimestampType(), "binary": T.BinaryType(),
+}
+
+_TOKEN = re.compile(r"\s*(?:(`(?:[^`]|``)*`)|([A-Za-z_][A-Za-z0-9_]*)|(\d+)|('(?:[^'\\]|\\.)*')|(\S))")
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str, int]] = []
+        pos = 0
+        while True:
+            m = _TOKEN.match(text, pos)
+            if not m or m.end() == pos:
+                break
+            kind = ("name" if (m.group(1) or m.group(2)) else "num" if m.group(3)
+                    else "str" if m.group(4) else "sym")
+            value = m.group(1)[1:-1].replace("``", "`") if m.group(1) else m.group(0).strip()
+            self.tokens.append((kind, value, m.start()))
+            pos = m.end()
+        self.i = 0
+
+    def fail(self, what: str) -> ConfigError:
+        at = self.tokens[self.i][2] if self.i < len(self.tokens) else len(self.text)
+        return ConfigError(f"cannot parse type '{self.text}': {what} at position {at}")
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
+
+    def take(self, what: str) -> str:
+        """The next token, whatever it is; ``what`` names it for the error when the text ends."""
+        if self.i >= len(self.tokens):
+            raise self.fail(f"expected {what} but the text ended")
+        self.i += 1
+        return self.tokens[self.i - 1][1]
+
+    def expect(self, literal: str) -> None:
+        value = self.take(f"'{literal}'")
+        if value.lower() != literal.lower():
+            self.i -= 1
+            raise self.fail(f"expected '{literal}', found '{value}'")
+
+    def data_type(self) -> T.DataType:
+        name = self.take("a type").lower()
+        if name == "array":
+            self.expect("<")
+            element = self.data_type()
+            self.expect(">")
+            return T.ArrayType(element, True)
+        if name == "map":
+            self.expect("<")
+            key = self.data_type()
+            self.expect(",")
+            value = self.data_type()
+            self.expect(">")
+            return T.MapType(key, value, True)
+        if name == "struct":
+            self.expect("<")
+            fields = [] if self.peek() == ">" else self.fields(">")
+            self.expect(">")
+            return T.StructType(fields)
+        if name in ("decimal", "dec", "numeric"):
+            precision, scale = 10, 0
+            if self.peek() == "(":
+                self.expect("(")
+                precision = int(self.take("precision"))
+                if self.peek() == ",":
+                    self.expect(",")
+                    scale = int(self.take("scale"))
+                self.expect(")")
+            return T.DecimalType(precision, scale)
+        if name in ("varchar", "char"):
+            if self.peek() == "(":
+                self.expect("(")
+                self.take("length")
+                self.expect(")")
+            return T.StringType()
+        if name in _PRIMITIVES:
+            return _PRIMITIVES[name]
+        self.i -= 1
+        raise self.fail(f"unknown type '{name}'")
+
+    def fields(self, closing: str | None) -> list[T.StructField]:
+        fields = []
+        while True:
+            name = self.take("a field name")
+            if self.peek() == ":":
+                self.expect(":")
+            data_type = self.data_type()
+            nullable = True
+            if self.peek() and self.peek().lower() == "not":
+                self.expect("not")
+                self.expect("null")
+                nullable = False
+            if self.peek() and self.peek().lower() == "comment":
+                self.expect("comment")
+                self.take("a comment")
+            fields.append(T.StructField(name, data_type, nullable))
+            if self.peek() != ",":
+                break
+            self.expect(",")
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):
+            raise self.fail("duplicate field names")
+        return fields
+
+
+def parse_ddl(text: Any, what: str = "returnType") -> T.DataType:
+    """A DDL type (``ARRAY<FLOAT>``, ``STRUCT<a: INT>``) or a field list (``a INT, b STRING``), like from_json."""
+    if isinstance(text, T.DataType):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{what} must be a DDL type string such as 'STRUCT<label: STRING>', got {text!r}")
+    parser = _Parser(text)
+    try:
+        result: T.DataType = parser.data_type()
+        if parser.peek() is not None:
+            raise parser.fail(f"unexpected '{parser.peek()}'")
+    except ConfigError as first:
+        parser.i = 0  # maybe a bare field list, as from_json accepts
+        try:
+            result = T.StructType(parser.fields(None))
+            if parser.peek() is not None:
+                raise first
+        except ConfigError:
+            raise ConfigError(f"{what}: {first.reason}") from None
+    if isinstance(result, T.BinaryType) or _contains(result, T.BinaryType):
+        raise ConfigError(f"{what}: BINARY cannot come from a JSON answer")
+    return result
+
+
+def _contains(data_type: T.DataType, kind: type) -> bool:
+    if isinstance(data_type, kind):
+        return True
+    if isinstance(data_type, T.ArrayType):
+        return _contains(data_type.elementType, kind)
+    if isinstance(data_type, T.MapType):
+        return _contains(data_type.valueType, kind)
+    if isinstance(data_type, T.StructType):
+        return any(_contains(f.dataType, kind) for f in data_type.fields)
+    return False
+
+
+def simple_string(data_type: T.DataType) -> str:
+    return data_type.simpleString()
+
+
+def to_json_schema(data_type: T.DataType) -> dict[str, Any]:
+    """The JSON Schema an endpoint is asked to follow (OpenAI strict mode: every field required, no extras)."""
+    if isinstance(data_type, T.StructType):
+        return {"type": "object",
+                "properties": {f.name: to_json_schema(f.dataType) for f in data_type.fields},
+                "required": [f.name for f in data_type.fields], "additionalProperties": False}
+    if isinstance(data_type, T.ArrayType):
+        return {"type": "array", "items": to_json_schema(data_type.elementType)}
+    if isinstance(data_type, T.MapType):
+        return {"type": "object", "additionalProperties": to_json_schema(data_type.valueType)}
+    if isinstance(data_type, T.BooleanType):
+        return {"type": "boolean"}
+    if isinstance(data_type, T.IntegralType):
+        return {"type": "integer"}
+    if isinstance(data_type, (T.FractionalType,)):
+        return {"type": "number"}
+    if isinstance(data_type, T.DateType):
+        return {"type": "string", "format": "date"}
+    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
+        return {"type": "string", "format": "date-time"}
+    return {"type": "string"}
+
+
+_INT_RANGES = {T.ByteType: 8, T.ShortType: 16, T.IntegerType: 32, T.LongType: 64}
+
+
+def caster(data_type: T.DataType, endpoint: str) -> Callable[[Any], Any]:
+    """A function from an answer (JSON text or already-decoded JSON) to a Python value of ``data_type``.
+
+    It follows from_json: strings accept any JSON value as text, a field that is absent is
+    NULL, extra fields are ignored. What from_json would have to turn into a corrupt
+    record (not JSON, a number that is text, an object with none of the fields) raises
+    ``ParseCastError`` so that the row fails instead of silently turning NULL.
+    """
+    convert = _converter(data_type)
+    type_name = data_type.simpleString()
+
+    def cast(answer: Any) -> Any:
+        try:
+            value = json.loads(answer) if isinstance(answer, str) else answer
+            return convert(value)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            snippet = answer if isinstance(answer, str) else json.dumps(answer, default=str)
+            snippet = snippet if len(snippet) <= 300 else snippet[:300] + "..."
+            raise ParseCastError(endpoint, f'Failed to parse model output when casting to the specified '
+                                 f'returnType: "{type_name}" ({exc}), response JSON was: "{snippet}"') from None
+
+    return cast
+
+
+def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - one branch per type
+    if isinstance(data_type, T.StringType):
+        return lambda v: v if v is None or isinstance(v, str) else json.dumps(v)
+    if isinstance(data_type, T.BooleanType):
+        def boolean(v: Any) -> Any:
+            if v is None or isinstance(v, bool):
+                return v
+            raise TypeError(f"expected a boolean, got {json.dumps(v)}")
+        return boolean
+    if isinstance(data_type, T.IntegralType):
+        bits = _INT_RANGES[type(data_type)]
+
+        def integral(v: Any) -> Any:
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
+                raise TypeError(f"expected a whole number, got {json.dumps(v)}")
+            if not -(2 ** (bits - 1)) <= int(v) < 2 ** (bits - 1):
+                raise ValueError(f"{v} does not fit in {data_type.simpleString()}")
+            return int(v)
+        return integral
+    if isinstance(data_type, T.DecimalType):
+        return lambda v: None if v is None else decimal.Decimal(str(_number(v)))
+    if isinstance(data_type, T.FractionalType):
+        return lambda v: None if v is None else float(_number(v))
+    if isinstance(data_type, T.DateType):
+        return lambda v: None if v is None else dt.date.fromisoformat(_text(v)[:10])
+    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
+        return lambda v: None if v is None else dt.datetime.fromisoformat(_text(v).replace("Z", "+00:00"))
+    if isinstance(data_type, T.ArrayType):
+        element = _converter(data_type.elementType)
+
+        def array(v: Any) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, list):
+                raise TypeError(f"expected a JSON array, got {type(v).__name__}")
+            return [element(x) for x in v]
+        return array
+    if isinstance(data_type, T.MapType):
+        value_of = _converter(data_type.valueType)
+        key_of = _converter(data_type.keyType)
+
+        def mapping(v: Any) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, dict):
+                raise TypeError(f"expected a JSON object, got {type(v).__name__}")
+            if isinstance(data_type.keyType, T.StringType):
+                return {k: value_of(x) for k, x in v.items()}
+            return {key_of(json.loads(k)): value_of(x) for k, x in v.items()}
+        return mapping
+    if isinstance(data_type, T.StructType):
+        fields = [(f.name, _converter(f.dataType)) for f in data_type.fields]
+
+        def struct(v: Any) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, dict):
+                raise TypeError(f"expected a JSON object, got {type(v).__name__}")
+            if fields and not any(name in v for name, _ in fields):
+                raise TypeError("none of the expected fields is present")
+            return {name: convert(v.get(name)) for name, convert in fields}
+        return struct
+    raise ConfigError(f"unsupported type {data_type.simpleString()}")
+
+
+def _number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number, got {json.dumps(v)}")
+    return v
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a date/time string, got {json.dumps(v)}")
+    return v
