@@ -5,14 +5,20 @@
 each batch is handed to the process's event loop as soon as it arrives and the next
 batch is read while the last one is still being answered, so the pipe never drains
 between batches.
+
+A pandas UDF cannot return a NULL top-level struct (it returns a DataFrame, one
+struct per row), yet a NULL request must give a NULL result. So a STRUCT result
+with failOnError travels as a one-element ARRAY (NULL for a NULL request) and the
+caller takes its element ``[0]``: see ``wraps_result`` and ``result_column``.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
+from pyspark.sql import Column
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
@@ -21,7 +27,8 @@ from .engine import RowOutcome, answer_rows
 from .errors import EndpointError, InvalidRequestTypeError
 from .runtime import worker_runtime
 
-__all__ = ["make_udf", "output_type", "METADATA_FIELDS", "rows_to_frame", "request_values"]
+__all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column", "result_sql",
+           "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
 
 METADATA_FIELDS = [
     T.StructField("attempts", T.IntegerType(), False),
@@ -35,6 +42,7 @@ METADATA_FIELDS = [
 ]
 
 BATCHES_IN_FLIGHT = 2
+_TEXT_KINDS = frozenset({"string", "empty"})
 
 
 def output_type(spec: QuerySpec, with_metadata: bool = False) -> T.DataType:
@@ -45,23 +53,47 @@ def output_type(spec: QuerySpec, with_metadata: bool = False) -> T.DataType:
                          T.StructField("errorMessage", T.StringType(), True), *METADATA_FIELDS])
 
 
+def wraps_result(spec: QuerySpec, with_metadata: bool = False) -> bool:
+    return not with_metadata and spec.fail_on_error and isinstance(spec.result_type, T.StructType)
+
+
+def udf_type(spec: QuerySpec, with_metadata: bool = False) -> T.DataType:
+    """What the UDF itself returns: ``output_type``, or a one-element array of it (see the module docstring)."""
+    if wraps_result(spec, with_metadata):
+        return T.ArrayType(spec.result_type, True)
+    return output_type(spec, with_metadata)
+
+
+def result_column(spec: QuerySpec, column: Column) -> Column:
+    return column[0] if wraps_result(spec) else column
+
+
+def result_sql(spec: QuerySpec, call: str) -> str:
+    return f"{call}[0]" if wraps_result(spec) else call
+
+
 def request_values(batch: pd.Series | pd.DataFrame, spec: QuerySpec) -> list[Any]:
     """Plain Python values for the wire: text per row, or one record (dict) per row for custom models."""
     if isinstance(batch, pd.DataFrame):
-        if not spec.request_is_struct:
-            raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
-                                          "request, got a STRUCT column")
-        records = batch.astype(object).where(batch.notna(), None).to_dict("records")
-        return [None if all(v is None for v in r.values()) else r for r in records]
-    values = batch.tolist()
+        return _records(batch, spec)
     if spec.request_is_struct:
         raise InvalidRequestTypeError(f"custom model endpoint '{spec.endpoint.name}' takes a STRUCT request "
                                       "(named_struct(...) / F.struct(...)) whose fields are the model's inputs")
-    for value in values:
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
-                                          f"request, got {type(value).__name__} values: cast the column to string")
-    return values
+    kind = pd.api.types.infer_dtype(batch, skipna=True) if len(batch) else "empty"
+    if kind not in _TEXT_KINDS:
+        raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
+                                      f"request, got {kind} values: cast the column to string")
+    return batch.tolist()
+
+
+def _records(batch: pd.DataFrame, spec: QuerySpec) -> list[Any]:
+    """A struct whose fields are all NULL is a NULL request: Arrow hands both to pandas the same way."""
+    if not spec.request_is_struct:
+        raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
+                                      "request, got a STRUCT column")
+    empty = batch.isna().all(axis=1).tolist()
+    records = batch.astype(object).where(batch.notna(), None).to_dict("records")
+    return [None if blank else record for blank, record in zip(empty, records)]
 
 
 def _failure(outcomes: list[RowOutcome]) -> EndpointError:
@@ -74,15 +106,17 @@ def _failure(outcomes: list[RowOutcome]) -> EndpointError:
     return error
 
 
+def raise_failures(outcomes: list[RowOutcome]) -> None:
+    if any(o.error is not None for o in outcomes):
+        raise _failure(outcomes)
+
+
 def rows_to_frame(outcomes: list[RowOutcome], spec: QuerySpec, with_metadata: bool) -> pd.Series | pd.DataFrame:
     results = [o.value for o in outcomes]
     if spec.fail_on_error and not with_metadata:
-        if any(o.error is not None for o in outcomes):
-            raise _failure(outcomes)
-        if isinstance(spec.result_type, T.StructType):
-            names = spec.result_type.names
-            return pd.DataFrame([[None] * len(names) if v is None else [v.get(n) for n in names] for v in results],
-                                columns=names)
+        raise_failures(outcomes)
+        if wraps_result(spec):
+            return pd.Series([None if v is None else [v] for v in results], dtype=object)
         return pd.Series(results, dtype=object)
     frame = {"result": results,
              "errorMessage": [o.error.describe() if o.error is not None else None for o in outcomes]}
@@ -93,27 +127,35 @@ def rows_to_frame(outcomes: list[RowOutcome], spec: QuerySpec, with_metadata: bo
     return pd.DataFrame(frame)
 
 
+def pipelined(batches: Iterable[Any], start: Callable[[Any], Any], finish: Callable[[Any], Any]) -> Iterator[Any]:
+    """``start`` each batch at once (a future), ``finish`` them in order, never more than a few ahead."""
+    pending: collections.deque = collections.deque()
+    try:
+        for batch in batches:
+            pending.append(start(batch))
+            while pending and (len(pending) >= BATCHES_IN_FLIGHT or pending[0].done()):
+                yield finish(pending.popleft().result())
+        while pending:
+            yield finish(pending.popleft().result())
+    finally:
+        for future in pending:  # the task failed or its consumer stopped early: stop paying for answers
+            future.cancel()
+
+
 def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float = 1.0, name: str = "ai_query"):
-    """An iterator pandas UDF answering ``spec`` for one request column."""
+    """An iterator pandas UDF answering ``spec`` for one request column (apply ``result_column`` to its call)."""
     params, response_format = spec.params, spec.response_format
 
     def run(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         runtime = worker_runtime()
         client = runtime.client(spec.endpoint, rate_share)
         convert = spec.converter()
-        pending: collections.deque = collections.deque()
-        try:
-            for batch in batches:
-                values = request_values(batch, spec)
-                pending.append(runtime.submit(answer_rows(client, values, params=params,
-                                                          response_format=response_format, convert=convert)))
-                while pending and (len(pending) >= BATCHES_IN_FLIGHT or pending[0].done()):
-                    yield rows_to_frame(pending.popleft().result(), spec, with_metadata)
-            while pending:
-                yield rows_to_frame(pending.popleft().result(), spec, with_metadata)
-        finally:
-            for future in pending:  # the task failed or its consumer stopped early: stop paying for answers
-                future.cancel()
+
+        def start(batch: pd.Series) -> Any:
+            return runtime.submit(answer_rows(client, request_values(batch, spec), params=params,
+                                              response_format=response_format, convert=convert))
+
+        yield from pipelined(batches, start, lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))
 
     run.__name__ = run.__qualname__ = name
-    return pandas_udf(run, output_type(spec, with_metadata)).asNondeterministic()
+    return pandas_udf(run, udf_type(spec, with_metadata)).asNondeterministic()

@@ -1,0 +1,121 @@
+"""``python -m jobs``: run, validate, or demo a batch inference job.
+
+Exit status: 0 when the run met its limits, 1 when it did not (or failed), 2 when
+the spec or configuration is wrong (nothing was called).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from batch.config import REGISTRY_ENV
+from batch.errors import BatchError, ConfigError
+
+from .spec import JobSpec, load_spec
+
+__all__ = ["main", "session_for", "summary"]
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job spec")
+    run.add_argument("spec", type=Path)
+    run.add_argument("--only-failed", action="store_true",
+                     help="answer again only the rows that failed in earlier runs")
+    run.add_argument("--max-rows", type=int, help="answer at most this many rows in this run")
+    run.add_argument("--master", help="Spark master (default: the spec's, or local[*])")
+    run.add_argument("--endpoints", type=Path, help=f"endpoint registry file (default: ${REGISTRY_ENV} or "
+                                                    "conf/endpoints.yaml)")
+    run.add_argument("--run-id", help="an id for this run (default: random)")
+    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    validate = commands.add_parser("validate", help="check a job spec without starting Spark")
+    validate.add_argument("spec", type=Path)
+    validate.add_argument("--endpoints", type=Path)
+    demo = commands.add_parser("demo", help="start a local endpoint and run the demo job end to end")
+    demo.add_argument("--rows", type=int, default=None, help="use only the first N sample tickets")
+    return parser
+
+
+def session_for(spec: JobSpec, master: str | None = None):
+    """Under spark-submit, the session it configured; otherwise the embedded default (local warehouse)."""
+    from pyspark.sql import SparkSession
+
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit: keep its master and settings
+        spark = SparkSession.builder.appName(spec.name).getOrCreate()
+        for key, value in spec.spark_conf.items():
+            spark.conf.set(key, value)
+        return spark
+    from batch.session import local_session
+
+    return local_session(master or spec.master, spec.warehouse, app_name=spec.name, extra=dict(spec.spark_conf))
+
+
+def summary(spec: JobSpec, result, seconds: float) -> str:
+    lines = [f"job {spec.name} run {result.run_id} {result.status} in {seconds:.1f}s"]
+    failed_share = f" ({result.rows_failed / result.rows_in:.1%})" if result.rows_in else ""
+    lines.append(f"  rows: {result.rows_pending:,} to answer, {result.rows_in:,} written, "
+                 f"{result.rows_failed:,} failed{failed_share}, {result.skipped_null_keys:,} skipped (NULL key)")
+    for u in result.usage:
+        latency = (f", latency p50 {u.latency_p50_ms:.0f} ms p95 {u.latency_p95_ms:.0f} ms"
+                   if u.latency_p50_ms is not None else "")
+        cost = f", est. cost ${u.estimated_cost:.4f}" if u.estimated_cost is not None else ""
+        kinds = (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(u.failed_by_kind.items())) + ")"
+                 if u.failed_by_kind else "")
+        lines.append(f"  {u.endpoint} [{', '.join(u.outputs)}]: {u.rows_answered:,} answered, {u.rows_failed:,} "
+                     f"failed{kinds}, {u.requests:,} requests, {u.retries:,} retries, {u.rate_limited:,} rate-limited,"
+                     f" {u.total_tokens:,} tokens ({u.prompt_tokens:,} in / {u.completion_tokens:,} out)"
+                     f"{latency}{cost}")
+    for reason in result.reasons:
+        lines.append(f"  limit: {reason}")
+    lines.append(f"  results: {spec.results_table}   usage: {spec.usage_table}")
+    return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace) -> JobSpec:
+    if getattr(args, "endpoints", None):
+        os.environ[REGISTRY_ENV] = str(args.endpoints)
+    spec = load_spec(args.spec)
+    if getattr(args, "max_rows", None):
+        spec = replace(spec, limits=replace(spec.limits, max_rows=args.max_rows))
+    return spec
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .progress import Progress
+    from .runner import run_job
+
+    spec = _load(args)  # every spec error is reported here, before Spark starts
+    spark = session_for(spec, args.master)
+    progress = Progress(spec.name, live=False if args.quiet else None)
+    started = time.monotonic()
+    result = run_job(spark, spec, only_failed=args.only_failed, run_id=args.run_id, progress=progress)
+    print(summary(spec, result, time.monotonic() - started), flush=True)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            spec = _load(args)
+            print(f"{args.spec}: job {spec.name} is valid ({len(spec.outputs)} outputs: "
+                  f"{', '.join(o.name + ' -> ' + o.query.endpoint.name for o in spec.outputs)})")
+            return EXIT_OK
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(rows=args.rows)
+        return run_command(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

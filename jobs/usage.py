@@ -1,0 +1,158 @@
+"""Usage: what a run asked, what it got, and what it cost, one row per run and endpoint.
+
+Computed from the rows the run wrote, not from counters kept on the side: the
+per-row status already carries attempts, tokens (spread over the rows of a packed
+request) and request counts (on the first row of each request), so the sums are
+exact on one machine, on a cluster and through Spark Connect alike.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
+
+from batch._yaml import line_of, load_yaml
+from batch.errors import ConfigError
+
+from .spec import JobSpec
+from .tables import USAGE_SCHEMA, status_column
+
+__all__ = ["Price", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
+
+DEFAULT_PRICES = Path("conf") / "prices.yaml"
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+def load_prices(path: str | Path | None = None) -> dict[str, Price]:
+    """Endpoint name (or model name) to price; a missing default file means no prices, not an error."""
+    path = Path(path) if path else DEFAULT_PRICES
+    if not path.exists():
+        if path != DEFAULT_PRICES:
+            raise ConfigError("price table not found", source=str(path))
+        return {}
+    data, lines = load_yaml(path)
+    table = (data or {}).get("prices") if isinstance(data, Mapping) else None
+    if not isinstance(table, Mapping):
+        raise ConfigError("a price table is a mapping with a top-level 'prices:' key", source=str(path), line=1)
+    prices = {}
+    for name, entry in table.items():
+        if not isinstance(entry, Mapping) or set(entry) - {"input", "output"}:
+            raise ConfigError(f"price '{name}' needs input and/or output (USD per 1M tokens)", source=str(path),
+                              line=line_of(lines, "prices", str(name)))
+        try:
+            prices[str(name)] = Price(float(entry.get("input", 0.0)), float(entry.get("output", 0.0)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"price '{name}': input and output must be numbers", source=str(path),
+                              line=line_of(lines, "prices", str(name))) from None
+    return prices
+
+
+@dataclass
+class EndpointUsage:
+    endpoint: str
+    outputs: list[str]
+    rows_in: int = 0
+    rows_answered: int = 0
+    rows_failed: int = 0
+    failed_by_kind: dict[str, int] | None = None
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    estimated_cost: float | None = None
+
+
+def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
+    """One row per (input row, output): the endpoint and that output's status."""
+    parts = []
+    for output in spec.outputs:
+        s = F.col(status_column(output.name))
+        parts.append(results.select(F.lit(output.query.endpoint.name).alias("endpoint"),
+                                    *[s[f].alias(f) for f in ("error", "error_kind", "attempts", "latency_ms",
+                                                              "prompt_tokens", "completion_tokens", "total_tokens",
+                                                              "requests", "rate_limited")]))
+    long = parts[0]
+    for part in parts[1:]:
+        long = long.unionByName(part)
+    return long
+
+
+def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) -> list[EndpointUsage]:
+    """Aggregate one run's rows per endpoint (a single Spark job)."""
+    long = _long_form(results, spec)
+    failed = F.col("error").isNotNull()
+    first = F.col("requests") > 0
+    agg = long.groupBy("endpoint").agg(
+        F.count(F.lit(1)).alias("rows_in"),
+        F.sum(F.when(~failed & (F.col("attempts") > 0), 1).otherwise(0)).alias("rows_answered"),
+        F.sum(F.when(failed, 1).otherwise(0)).alias("rows_failed"),
+        F.collect_list(F.when(failed, F.col("error_kind"))).alias("kinds"),
+        F.sum("requests").alias("requests"),
+        F.sum(F.when(first, F.col("attempts")).otherwise(0)).alias("attempts"),
+        F.sum("rate_limited").alias("rate_limited"),
+        F.sum("prompt_tokens").alias("prompt_tokens"),
+        F.sum("completion_tokens").alias("completion_tokens"),
+        F.sum("total_tokens").alias("total_tokens"),
+        F.percentile_approx(F.when(first, F.col("latency_ms")), [0.5, 0.95, 0.99], 10000).alias("latency"),
+    ).collect()
+    outputs_by_endpoint: dict[str, list[str]] = {}
+    for output in spec.outputs:
+        outputs_by_endpoint.setdefault(output.query.endpoint.name, []).append(output.name)
+    usages = []
+    for row in agg:
+        kinds: dict[str, int] = {}
+        for kind in row["kinds"]:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        endpoint = row["endpoint"]
+        config = next(o.query.endpoint for o in spec.outputs if o.query.endpoint.name == endpoint)
+        price = prices.get(endpoint) or prices.get(config.model_name)
+        latency = row["latency"] or [None, None, None]
+        usages.append(EndpointUsage(
+            endpoint, outputs_by_endpoint[endpoint], row["rows_in"], row["rows_answered"], row["rows_failed"],
+            kinds, row["requests"] or 0, (row["attempts"] or 0) - (row["requests"] or 0), row["rate_limited"] or 0,
+            row["prompt_tokens"] or 0, row["completion_tokens"] or 0, row["total_tokens"] or 0,
+            *[None if v is None else float(v) for v in latency],
+            price.cost(row["prompt_tokens"] or 0, row["completion_tokens"] or 0) if price else None))
+    return usages
+
+
+def usage_rows(usages: list[EndpointUsage], *, run_id: str, job: str, started: dt.datetime, ended: dt.datetime,
+               status: str) -> list[Row]:
+    seconds = max((ended - started).total_seconds(), 1e-9)
+    rows = []
+    for u in usages:
+        values: dict[str, Any] = dict(
+            run_id=run_id, job=job, endpoint=u.endpoint, outputs=",".join(u.outputs), started_at=started,
+            ended_at=ended, status=status, rows_in=u.rows_in, rows_answered=u.rows_answered,
+            rows_failed=u.rows_failed, failed_by_kind=u.failed_by_kind or {}, requests=u.requests,
+            retries=u.retries, rate_limited=u.rate_limited, prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens, total_tokens=u.total_tokens, latency_p50_ms=u.latency_p50_ms,
+            latency_p95_ms=u.latency_p95_ms, latency_p99_ms=u.latency_p99_ms,
+            rows_per_second=u.rows_in / seconds, estimated_cost=u.estimated_cost)
+        rows.append(Row(**{f.name: values[f.name] for f in USAGE_SCHEMA.fields}))
+    return rows
+
+
+def write_usage(spark: SparkSession, rows: list[Row], table: str, table_format: str) -> None:
+    if rows:
+        spark.createDataFrame(rows, USAGE_SCHEMA).write.mode("append").format(table_format).saveAsTable(table)
