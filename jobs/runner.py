@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -27,7 +27,7 @@ from batch.functions import query_column, task_slots
 from . import tables
 from .progress import Progress
 from .spec import JobSpec, OutputSpec
-from .usage import EndpointUsage, Price, load_prices, summarize, usage_rows, write_usage
+from .usage import EndpointUsage, Price, chunk_totals, load_prices, summarize, usage_rows, write_usage
 
 __all__ = ["RunResult", "run_job", "read_input", "request_column"]
 
@@ -42,6 +42,7 @@ class RunResult:
     rows_in: int = 0
     rows_failed: int = 0
     skipped_null_keys: int = 0
+    spend: float = 0.0
     reasons: list[str] = field(default_factory=list)
     usage: list[EndpointUsage] = field(default_factory=list)
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now())
@@ -50,11 +51,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
-
-    @property
-    def cost(self) -> float | None:
-        costs = [u.estimated_cost for u in self.usage if u.estimated_cost is not None]
-        return sum(costs) if costs else None
 
 
 def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame:
@@ -121,15 +117,17 @@ def _check_input(df: DataFrame, spec: JobSpec) -> None:
 
 
 def _stage(spark: SparkSession, spec: JobSpec, pending: DataFrame, staging: str) -> dict[int, int]:
-    """Freeze the rows to answer, with their requests computed and a chunk number; returns rows per chunk."""
-    total = pending.count()
-    chunks = max(1, -(-total // spec.commit_every))
+    """Freeze the rows to answer, with their requests computed and a chunk number; returns rows per chunk.
+
+    Chunks are exactly ``commit_every`` rows (the last one fewer), in an order that mixes the keys, so
+    the rows a crash can make us ask again are bounded by that number."""
     keyed = pending.select(*spec.keys, *[request_column(o).alias(f"_req_{o.name}") for o in spec.outputs])
-    chunk = F.pmod(F.xxhash64(*[F.col(k) for k in spec.keys]), F.lit(chunks)).cast("int")
+    order = Window.orderBy(F.xxhash64(*[F.col(k) for k in spec.keys]), *spec.keys)
+    chunk = ((F.row_number().over(order) - 1) / F.lit(spec.commit_every)).cast("int")
     spark.sql(f"DROP TABLE IF EXISTS {staging}")
     keyed.withColumn("_chunk", chunk).write.mode("overwrite").format("parquet").saveAsTable(staging)
-    counts = spark.table(staging).groupBy("_chunk").count().collect()
-    return {row["_chunk"]: row["count"] for row in counts}
+    total = spark.table(staging).count()
+    return {i: min(spec.commit_every, total - i * spec.commit_every) for i in range(-(-total // spec.commit_every))}
 
 
 def _answer_chunk(spark: SparkSession, spec: JobSpec, staging: str, chunk: int, run_id: str, slots: int) -> None:
@@ -179,6 +177,8 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
     prices = load_prices(spec.prices) if prices is None else prices
     progress = progress or Progress.quiet()
     staging = spec.results_table + "__pending"
+    for table in (spec.results_table, spec.usage_table):
+        tables.ensure_database(spark, table)
     tables.recover(spark, spec.results_table)
     df = read_input(spark, spec)
     _check_input(df, spec)
@@ -195,12 +195,13 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
             _answer_chunk(spark, spec, staging, chunk, result.run_id, slots)
             done = spark.table(spec.results_table).where((F.col("run_id") == result.run_id) &
                                                          (F.col("run_chunk") == chunk))
-            step = summarize(done, spec, prices)
-            failed = done.where("NOT ok").count()
-            progress.advance(counts[chunk], failed, sum(u.total_tokens for u in step))
+            failed, tokens, cost = chunk_totals(done, spec, prices)
+            progress.advance(counts[chunk], failed, tokens)
             if on_chunk:
                 on_chunk(chunk)
-            _accumulate(result, counts[chunk], failed, step)
+            result.rows_in += counts[chunk]
+            result.rows_failed += failed
+            result.spend += cost
             reason = _limit_reached(spec, result)
             if reason:
                 result.status, result.reasons = "failed", [reason]
@@ -216,26 +217,13 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
     return result
 
 
-def _accumulate(result: RunResult, rows: int, failed: int, step: list[EndpointUsage]) -> None:
-    """Running totals for the limits; the usage table itself is computed once, over the whole run."""
-    result.rows_in += rows
-    result.rows_failed += failed
-    by_endpoint = {u.endpoint: u for u in result.usage}
-    for u in step:
-        total = by_endpoint.get(u.endpoint)
-        if total is None:
-            result.usage.append(u)
-        elif u.estimated_cost is not None:
-            total.estimated_cost = (total.estimated_cost or 0.0) + u.estimated_cost
-
-
 def _limit_reached(spec: JobSpec, result: RunResult) -> str | None:
     limits = spec.limits
     if result.rows_in and result.rows_failed / result.rows_in > limits.max_error_fraction:
         return (f"error fraction {result.rows_failed / result.rows_in:.2%} is above max_error_fraction "
                 f"{limits.max_error_fraction:.2%} ({result.rows_failed} of {result.rows_in} rows failed)")
-    if limits.max_spend is not None and (result.cost or 0.0) > limits.max_spend:
-        return f"estimated spend {result.cost:.4f} is above max_spend {limits.max_spend}"
+    if limits.max_spend is not None and result.spend > limits.max_spend:
+        return f"estimated spend {result.spend:.4f} is above max_spend {limits.max_spend}"
     return None
 
 

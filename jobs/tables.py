@@ -11,7 +11,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-__all__ = ["STATUS_FIELDS", "USAGE_SCHEMA", "table_exists", "append", "recover", "rewrite_without_failures",
+__all__ = ["STATUS_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without_failures",
            "status_column"]
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields.
@@ -46,6 +46,13 @@ USAGE_SCHEMA = T.StructType([
 
 def status_column(output: str) -> str:
     return f"{output}__status"
+
+
+def ensure_database(spark: SparkSession, table: str) -> None:
+    """Tables are created on first use, and so is the database they are named in."""
+    parts = table.split(".")
+    if len(parts) >= 2:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {'.'.join(parts[:-1])}")
 
 
 def table_exists(spark: SparkSession, name: str) -> bool:

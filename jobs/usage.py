@@ -22,7 +22,7 @@ from batch.errors import ConfigError
 from .spec import JobSpec
 from .tables import USAGE_SCHEMA, status_column
 
-__all__ = ["Price", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
+__all__ = ["Price", "chunk_totals", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
 
 DEFAULT_PRICES = Path("conf") / "prices.yaml"
 
@@ -95,6 +95,22 @@ def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
     for part in parts[1:]:
         long = long.unionByName(part)
     return long
+
+
+def chunk_totals(rows: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) -> tuple[int, int, float]:
+    """Failed rows, tokens and estimated spend of some rows, in one cheap aggregation (for limits and progress)."""
+    sums = [F.sum(F.when(~F.col("ok"), 1).otherwise(0))]
+    for output in spec.outputs:
+        s = F.col(status_column(output.name))
+        sums += [F.sum(s["prompt_tokens"]), F.sum(s["completion_tokens"]), F.sum(s["total_tokens"])]
+    values = [v or 0 for v in rows.agg(*sums).first()]
+    failed, tokens, spend = values[0], 0, 0.0
+    for i, output in enumerate(spec.outputs):
+        prompt, completion, total = values[1 + 3 * i: 4 + 3 * i]
+        tokens += total
+        price = prices.get(output.query.endpoint.name) or prices.get(output.query.endpoint.model_name)
+        spend += price.cost(prompt, completion) if price else 0.0
+    return failed, tokens, spend
 
 
 def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) -> list[EndpointUsage]:
