@@ -262,3 +262,26 @@ def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
     already_written = {f"crash test prompt {r['id']}" for r in written}
     assert not already_written & {p for p, n in calls.items() if n > calls_before.get(p, 0)}
     assert len(asked_twice) <= chunk  # only the chunk in flight when it was killed was asked again
+
+
+def test_job_runs_under_spark_submit(srv, tmp_path):
+    from pyspark.find_spark_home import _find_spark_home
+    data = tmp_path / "rows.json"
+    data.write_text("\n".join(f'{{"id": {i}, "body": "submitted {i}"}}' for i in range(20)))
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(yaml.safe_dump({"endpoints": {"submit-chat": {"api": "openai",
+                                                                       "base_url": srv.url + "/v1"}}}))
+    spec_path = tmp_path / "submit.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "job": "submitted", "input": {"path": str(data), "format": "json", "key": "id"},
+        "outputs": {"answer": {"endpoint": "submit-chat", "request": "body"}},
+        "results": {"table": "answers"}, "usage": {"table": "usage"}}))
+    submit = Path(_find_spark_home()) / "bin" / "spark-submit"
+    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable)
+    done = subprocess.run([str(submit), "--master", "local[2]", "--conf", f"spark.sql.warehouse.dir={tmp_path}/wh",
+                           str(ROOT / "jobs" / "__main__.py"), "run", str(spec_path), "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "job submitted run" in done.stdout and "20 written" in done.stdout
+    assert srv.stats()["answered"] == 20
