@@ -1,0 +1,80 @@
+"""AdaptiveRate on a fake clock: the pace it learns from 429s, and how it probes for spare capacity."""
+
+import pytest
+
+from batch.adaptive import AdaptiveRate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def deliver(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float) -> None:
+    steps = int(per_second * seconds)
+    for _ in range(steps):
+        clock.now += 1.0 / per_second
+        rate.success()
+
+
+def test_unpaced_until_the_first_429():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    deliver(rate, clock, 200, 1.0)
+    assert rate.rate is None and rate.reserve() == 0.0
+
+
+def test_first_429_paces_just_below_what_was_delivered():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, decrease=0.95)
+    deliver(rate, clock, 400, 1.0)
+    rate.rate_limited()
+    assert rate.rate == pytest.approx(400 * 0.95, rel=0.02)
+
+
+def test_a_burst_of_429s_is_one_cut():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    deliver(rate, clock, 100, 1.0)
+    rate.rate_limited()
+    first = rate.rate
+    for _ in range(50):
+        clock.now += 0.001
+        rate.rate_limited()
+    assert rate.rate == first
+    clock.now += 1.0  # a later 429, after the window, cuts again (nothing was delivered meanwhile)
+    rate.rate_limited()
+    assert rate.rate < first
+
+
+def test_probes_up_while_no_429_comes():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, increase=0.01, interval=0.1)
+    deliver(rate, clock, 100, 1.0)
+    rate.rate_limited()
+    start = rate.rate
+    deliver(rate, clock, 100, 2.0)  # 20 intervals without a 429
+    assert rate.rate == pytest.approx(start * 1.01 ** 20, rel=0.05)
+
+
+def test_pacing_spreads_requests_at_the_learned_rate():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, decrease=1.0)
+    deliver(rate, clock, 50, 1.0)
+    rate.rate_limited()
+    waits = [rate.reserve() for _ in range(100)]
+    # After a small burst, request i waits about i / rate seconds.
+    assert waits[-1] == pytest.approx(100 / rate.rate, rel=0.05)
+    assert waits == sorted(waits)
+
+
+def test_never_below_the_floor():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, floor=2.0)
+    for _ in range(30):
+        clock.now += 1.0
+        rate.rate_limited()
+    assert rate.rate == 2.0
