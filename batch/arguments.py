@@ -16,7 +16,7 @@ from pyspark.sql import types as T
 
 from .config import EndpointConfig, get_endpoint
 from .errors import (ConfigError, InvalidModelParametersError, UnsupportedResponseFormatError)
-from .types import caster, parse_ddl, to_json_schema
+from .types import caster, field_caster, parse_ddl, to_json_schema
 
 __all__ = ["QuerySpec", "build_spec", "check_model_parameters", "normalize_response_format"]
 
@@ -36,6 +36,8 @@ class QuerySpec:
     params_json: str | None = None
     response_format_json: str | None = None
     cast_answers: bool = False
+    answer_field: str | None = None
+    choices: tuple[str, ...] = ()
 
     @property
     def params(self) -> dict[str, Any] | None:
@@ -53,7 +55,13 @@ class QuerySpec:
                              T.StructField("errorMessage", T.StringType(), True)])
 
     def converter(self) -> Callable[[Any], Any] | None:
-        return caster(self.result_type, self.endpoint.name) if self.cast_answers else None
+        """With ``answer_field`` the answer is an object whose one field is the result (structured output
+        can only ask for objects); ``choices`` turns any value outside them into NULL, as ai_classify does."""
+        if not self.cast_answers:
+            return None
+        if self.answer_field is None:
+            return caster(self.result_type, self.endpoint.name)
+        return field_caster(self.answer_field, self.result_type, self.choices, self.endpoint.name)
 
     @property
     def request_is_struct(self) -> bool:
@@ -70,7 +78,7 @@ def build_spec(endpoint: str | EndpointConfig, *, returnType: Any = None, failOn
     result_type, cast = _result_type(config, returnType)
     return QuerySpec(config, result_type, failOnError,
                      json.dumps(params, sort_keys=True) if params else None,
-                     json.dumps(response_format, sort_keys=True) if response_format else None, cast)
+                     json.dumps(response_format) if response_format else None, cast)  # schema order is kept
 
 
 def _result_type(config: EndpointConfig, return_type: Any) -> tuple[T.DataType, bool]:
@@ -94,6 +102,8 @@ def _result_type(config: EndpointConfig, return_type: Any) -> tuple[T.DataType, 
 
 def _plain(value: Any) -> Any:
     """SQL literals arrive as Decimal, Row or tuple; the wire wants JSON numbers, objects and arrays."""
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy scalars and arrays from pandas UDF rows
+        return _plain(value.tolist())
     if isinstance(value, decimal.Decimal):
         return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
     if hasattr(value, "asDict"):

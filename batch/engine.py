@@ -1,6 +1,7 @@
 """From a batch of row values to endpoint calls and back: one outcome per row, in row order.
 
-NULL rows make no call; identical rows share one call (nothing is paid for twice);
+NULL rows make no call; identical rows share one call, within a batch and (through a
+``Memo``) across the batches of a task, so nothing is paid for twice;
 embeddings and custom-model rows are packed many to a request. When a packed request
 is refused outright (say one over-long text), its rows are retried one by one so the
 bad row fails alone and the others are answered.
@@ -9,6 +10,7 @@ bad row fails alone and the others are answered.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -17,7 +19,9 @@ from .client import CallResult, EndpointClient
 from .errors import EndpointError, HTTPRequestError
 from .wire import MULTI_INPUT_TASKS
 
-__all__ = ["RowOutcome", "answer_rows"]
+__all__ = ["RowOutcome", "answer_rows", "Memo", "MEMO_ENTRIES"]
+
+MEMO_ENTRIES = 10_000
 
 
 @dataclass(slots=True)
@@ -41,13 +45,34 @@ def _key(value: Any) -> Any:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
-                      params: Mapping[str, Any] | None = None,
-                      response_format: Mapping[str, Any] | None = None,
-                      convert: Callable[[Any], Any] | None = None) -> list[RowOutcome]:
-    """``convert`` turns an answer into the row's value; an ``EndpointError`` from it fails that row only."""
+class Memo:
+    """What one task already asked, so a value repeated in a later Arrow batch is not paid for twice.
+
+    Bounded, oldest forgotten first, because a task may see millions of distinct values (and
+    embeddings are large). A value whose call failed fails again without a new call, as its
+    duplicates in one batch do. Only the event loop touches it, so it needs no lock.
+    """
+
+    def __init__(self, limit: int = MEMO_ENTRIES) -> None:
+        self.limit = limit
+        self._entries: collections.OrderedDict[Any, asyncio.Future] = collections.OrderedDict()
+
+    def get(self, key: Any) -> asyncio.Future | None:
+        future = self._entries.get(key)
+        if future is not None:
+            self._entries.move_to_end(key)
+        return future
+
+    def put(self, key: Any, future: asyncio.Future) -> None:
+        self._entries[key] = future
+        if len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+
+def _group(values: Sequence[Any]) -> tuple[dict[Any, list[int]], list[tuple[Any, Any]]]:
+    """Row indexes per distinct value, and the distinct (key, value) pairs in first-seen order."""
     groups: dict[Any, list[int]] = {}
-    uniques: list[Any] = []
+    uniques: list[tuple[Any, Any]] = []
     for index, value in enumerate(values):
         if value is None:
             continue
@@ -55,21 +80,65 @@ async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
         rows = groups.get(key)
         if rows is None:
             groups[key] = rows = []
-            uniques.append(value)
+            uniques.append((key, value))
         rows.append(index)
+    return groups, uniques
+
+
+def _fill(outcomes: list[RowOutcome], rows: list[int], fill: RowOutcome, paid: bool) -> None:
+    """The first row carries the cost of the call when this batch paid for it; the others are free copies."""
+    copy = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms, answered=fill.answered)
+    outcomes[rows[0]] = fill if paid else copy
+    for duplicate in rows[1:]:
+        outcomes[duplicate] = copy
+
+
+async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
+                      params: Mapping[str, Any] | None = None,
+                      response_format: Mapping[str, Any] | None = None,
+                      convert: Callable[[Any], Any] | None = None, memo: Memo | None = None) -> list[RowOutcome]:
+    """``convert`` turns an answer into the row's value; an ``EndpointError`` from it fails that row only."""
+    groups, uniques = _group(values)
     outcomes = [RowOutcome() for _ in values]
-    size = client.config.batch_size if client.config.task in MULTI_INPUT_TASKS else 1
-    chunks = [uniques[i:i + size] for i in range(0, len(uniques), size)]
-    results = await asyncio.gather(*(_call_chunk(client, chunk, params, response_format) for chunk in chunks))
-    for chunk, pieces in zip(chunks, results):
-        for value, (result, share, first) in zip(chunk, pieces):
-            fill = _outcome(result, share, first, convert)
-            rows = groups[_key(value)]
-            outcomes[rows[0]] = fill
-            for duplicate in rows[1:]:  # answered by the same call: same value, no cost of its own
-                outcomes[duplicate] = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms,
-                                                 answered=fill.answered)
+    earlier = {key: memo.get(key) for key, _ in uniques} if memo is not None else {}
+    fresh = [(key, value) for key, value in uniques if earlier.get(key) is None]
+    promises = _promise(memo, fresh)
+    try:
+        await _ask(client, fresh, groups, outcomes, promises, params, response_format, convert)
+    finally:
+        for promise in promises.values():
+            if not promise.done():  # cancelled half way: nobody may wait for it forever
+                promise.cancel()
+    for key, future in earlier.items():
+        if future is not None:
+            _fill(outcomes, groups[key], await future, paid=False)
     return outcomes
+
+
+def _promise(memo: Memo | None, fresh: list[tuple[Any, Any]]) -> dict[Any, asyncio.Future]:
+    if memo is None:
+        return {}
+    loop = asyncio.get_running_loop()
+    promises = {key: loop.create_future() for key, _ in fresh}
+    for key, promise in promises.items():
+        memo.put(key, promise)
+    return promises
+
+
+async def _ask(client: EndpointClient, fresh: list[tuple[Any, Any]], groups: dict[Any, list[int]],
+               outcomes: list[RowOutcome], promises: dict[Any, asyncio.Future],
+               params: Mapping[str, Any] | None, response_format: Mapping[str, Any] | None,
+               convert: Callable[[Any], Any] | None) -> None:
+    size = client.config.batch_size if client.config.task in MULTI_INPUT_TASKS else 1
+    chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
+    results = await asyncio.gather(*(_call_chunk(client, [value for _, value in chunk], params, response_format)
+                                     for chunk in chunks))
+    for chunk, pieces in zip(chunks, results):
+        for (key, _), (result, share, first) in zip(chunk, pieces):
+            fill = _outcome(result, share, first, convert)
+            _fill(outcomes, groups[key], fill, paid=True)
+            if key in promises:
+                promises[key].set_result(fill)
 
 
 async def _call_chunk(client: EndpointClient, chunk: list[Any], params: Mapping[str, Any] | None,

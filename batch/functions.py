@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 
 from .arguments import QuerySpec, build_spec
 from .config import EndpointConfig
-from .udf import make_udf
+from .udf import make_udf, result_column
 
 __all__ = ["ai_query", "query_column", "rate_share"]
 
@@ -49,7 +49,8 @@ def _column(request: Column | str) -> Column:
 def query_column(spec: QuerySpec, request: Column | str, *, with_metadata: bool = False,
                  name: str = "ai_query") -> Column:
     udf = make_udf(spec, with_metadata=with_metadata, rate_share=rate_share(spec.endpoint), name=name)
-    return udf(_column(request))
+    column = udf(_column(request))
+    return column if with_metadata else result_column(spec, column)
 
 
 def ai_query(endpoint: str | EndpointConfig, request: Column | str, returnType: Any = None,

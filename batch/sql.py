@@ -5,7 +5,9 @@ A registered Python UDF has one return type, fixed when it is registered. So:
 * ``register(spark)`` makes ``ai_query`` callable from any ``spark.sql`` text. It
   returns STRING, which is exactly right for chat and completions; a call that needs
   another type (embeddings, ``returnType``, ``failOnError => false``) fails with a
-  message pointing to ``batch.sql``.
+  message pointing to ``batch.sql``. Such a function sees its arguments only when the
+  query runs, so its mistakes surface then, in the first task. The task functions with a
+  fixed type are registered too (all but ``ai_extract``, whose type follows its labels).
 * ``batch.sql(spark, query)`` runs the same SQL text with every ``ai_query(...)`` call
   typed: each call's constant arguments are read from the text, checked on the driver
   (so mistakes fail before any task runs), and the call is replaced by a typed UDF
@@ -29,9 +31,10 @@ from .engine import answer_rows
 from .errors import ConfigError
 from .functions import rate_share
 from .runtime import worker_runtime
-from .udf import make_udf, request_values, rows_to_frame
+from .udf import make_udf, request_values, result_sql, rows_to_frame
 
-__all__ = ["register", "sql", "rewrite"]
+__all__ = ["register", "sql", "rewrite", "literal", "bind_arguments", "typed_call", "register_spec",
+           "udf_name", "first", "freeze", "answer_series", "HANDLERS"]
 
 ARGUMENTS = ("endpoint", "request", "returnType", "failOnError", "modelParameters", "responseFormat")
 
@@ -39,43 +42,70 @@ ARGUMENTS = ("endpoint", "request", "returnType", "failOnError", "modelParameter
 # ---------------------------------------------------------------- raw spark.sql
 
 def register(spark: SparkSession, name: str = "ai_query") -> None:
-    """Register ``ai_query`` (STRING result) for plain ``spark.sql``; endpoints added in code so far travel along."""
-    entries = {n: registry.get(n) for n in registry.names()}
-    cache: dict[tuple, QuerySpec] = {}
+    """Register ``ai_query`` (STRING result) and the task functions for plain ``spark.sql``.
 
-    def spec_for(args: tuple) -> QuerySpec:
-        if args not in cache:
-            endpoint, return_type, fail, params, fmt = args
-            config = entries.get(endpoint) or get_endpoint(endpoint)
-            spec = build_spec(config, returnType=return_type, failOnError=True if fail is None else fail,
-                              modelParameters=params, responseFormat=fmt)
-            if spec.column_type != T.StringType():
-                raise ConfigError(f"this ai_query call returns {spec.column_type.simpleString()}, but a function "
-                                  "registered for raw spark.sql returns STRING: run the query with "
-                                  "batch.sql(spark, query), which types every call")
-            cache[args] = spec
-        return cache[args]
+    Endpoints added in code so far travel along; the registered function cannot see later ones.
+    """
+    entries = {n: registry.get(n) for n in registry.names()}
+    specs = _SpecCache(entries)
 
     def ai_query(endpoint: pd.Series, request: pd.Series, returnType: pd.Series = None,
                  failOnError: pd.Series = None, modelParameters: pd.DataFrame = None,
                  responseFormat: pd.Series = None) -> pd.Series:
-        first = lambda s: None if s is None or len(s) == 0 else s.iloc[0]  # noqa: E731 - constants per call
-        params = None if modelParameters is None else modelParameters.iloc[0].to_dict()
-        fail = first(failOnError)
-        spec = spec_for((first(endpoint), first(returnType), None if fail is None else bool(fail),
-                         _freeze(params), first(responseFormat)))
-        runtime = worker_runtime()
-        client = runtime.client(spec.endpoint, 1.0)
-        outcomes = runtime.run(answer_rows(client, request_values(request, spec), params=spec.params,
-                                           response_format=spec.response_format, convert=spec.converter()))
-        return rows_to_frame(outcomes, spec, with_metadata=False)
+        spec = specs.get(first(endpoint), first(returnType), first(failOnError),
+                         None if modelParameters is None else modelParameters.iloc[0].to_dict(),
+                         first(responseFormat))
+        return answer_series(spec, request_values(request, spec))
 
     spark.udf.register(name, pandas_udf(ai_query, T.StringType()).asNondeterministic())
+    from .tasks import register_tasks  # the task functions build on this module
+    register_tasks(spark)
 
 
-def _freeze(value: Any) -> Any:
+def first(series: pd.Series | None) -> Any:
+    """A call's constant argument: the same in every row, so the first row tells."""
+    if series is None or len(series) == 0:
+        return None
+    value = series.iloc[0]
+    return value.tolist() if hasattr(value, "tolist") else value  # numpy scalars and arrays to Python
+
+
+def answer_series(spec: QuerySpec, values: list[Any]) -> pd.Series:
+    runtime = worker_runtime()
+    client = runtime.client(spec.endpoint, 1.0)
+    outcomes = runtime.run(answer_rows(client, values, params=spec.params, response_format=spec.response_format,
+                                       convert=spec.converter()))
+    return rows_to_frame(outcomes, spec, with_metadata=False)
+
+
+class _SpecCache:
+    """One checked ``QuerySpec`` per distinct set of constant arguments, so each batch costs a lookup."""
+
+    def __init__(self, entries: dict[str, Any]) -> None:
+        self.entries, self.cache = entries, {}
+
+    def get(self, endpoint: Any, return_type: Any, fail: Any, params: Any, response_format: Any) -> QuerySpec:
+        key = (endpoint, return_type, fail, freeze(params), response_format)
+        if key not in self.cache:
+            config = self.entries.get(endpoint) or get_endpoint(endpoint)
+            spec = build_spec(config, returnType=return_type, failOnError=True if fail is None else fail,
+                              modelParameters=params, responseFormat=response_format)
+            if spec.column_type != T.StringType():
+                raise ConfigError(f"this ai_query call returns {spec.column_type.simpleString()}, but a function "
+                                  "registered for raw spark.sql returns STRING: run the query with "
+                                  "batch.sql(spark, query), which types every call")
+            self.cache[key] = spec
+        return self.cache[key]
+
+
+def freeze(value: Any) -> Any:
+    """A hashable stand-in for constant arguments (dicts, lists, numpy values), to key caches by."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
     if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
     return value
 
 
@@ -214,15 +244,16 @@ def bind_arguments(function: str, args: list[str], names: tuple[str, ...]) -> di
     """Positional and ``name => value`` arguments, by parameter name, with a clear error for mistakes."""
     bound: dict[str, str] = {}
     lower = {n.lower(): n for n in names}
+    named = False
     for position, arg in enumerate(args):
         m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=>\s*(.*)$", arg, re.DOTALL)
         if m:
             key = lower.get(m.group(1).lower())
             if key is None:
                 raise ConfigError(f"{function}: unknown argument '{m.group(1)}' (arguments: {', '.join(names)})")
-            value = m.group(2)
+            value, named = m.group(2), True
         else:
-            if bound and any(k != names[i] for i, k in enumerate(bound)):
+            if named:  # as Spark itself rules
                 raise ConfigError(f"{function}: a positional argument cannot follow a named one")
             if position >= len(names):
                 raise ConfigError(f"{function}: too many arguments (at most {len(names)})")
@@ -247,15 +278,24 @@ def _ai_query_call(spark: SparkSession, args: list[str], rewrite_inner: Callable
     spec = build_spec(constants.pop("endpoint"), returnType=constants.get("returnType"),
                       failOnError=True if constants.get("failOnError") is None else constants["failOnError"],
                       modelParameters=constants.get("modelParameters"), responseFormat=constants.get("responseFormat"))
-    name = register_spec(spark, spec)
-    return f"{name}({rewrite_inner(bound['request'])})"
+    return typed_call(spark, spec, rewrite_inner(bound["request"]))
 
 
-def register_spec(spark: SparkSession, spec: QuerySpec) -> str:
+def typed_call(spark: SparkSession, spec: QuerySpec, request_sql: str, prefix: str = "ai_query") -> str:
+    """SQL text calling the typed UDF registered for ``spec`` on ``request_sql``."""
+    name = register_spec(spark, spec, prefix)
+    return result_sql(spec, f"{name}({request_sql})")
+
+
+def udf_name(spec: QuerySpec, prefix: str) -> str:
+    """Stable per resolved call, so rewriting the same query twice registers nothing new."""
+    return f"{prefix}_{hashlib.sha1(repr(spec).encode()).hexdigest()[:12]}"
+
+
+def register_spec(spark: SparkSession, spec: QuerySpec, prefix: str = "ai_query") -> str:
     """Register the typed UDF for one resolved call under a stable name derived from the call."""
-    digest = hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
-    name = f"ai_query_{digest}"
-    spark.udf.register(name, make_udf(spec, rate_share=rate_share(spec.endpoint, spark)))
+    name = udf_name(spec, prefix)
+    spark.udf.register(name, make_udf(spec, rate_share=rate_share(spec.endpoint, spark), name=prefix))
     return name
 
 

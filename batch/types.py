@@ -11,13 +11,14 @@ import datetime as dt
 import decimal
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 from pyspark.sql import types as T
 
 from .errors import ConfigError, ParseCastError
 
-__all__ = ["parse_ddl", "to_json_schema", "caster", "simple_string"]
+__all__ = ["parse_ddl", "to_json_schema", "caster", "field_caster", "simple_string"]
 
 _PRIMITIVES: dict[str, T.DataType] = {
     "string": T.StringType(), "boolean": T.BooleanType(), "bool": T.BooleanType(),
@@ -139,21 +140,28 @@ def parse_ddl(text: Any, what: str = "returnType") -> T.DataType:
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{what} must be a DDL type string such as 'STRUCT<label: STRING>', got {text!r}")
     parser = _Parser(text)
-    try:
-        result: T.DataType = parser.data_type()
-        if parser.peek() is not None:
-            raise parser.fail(f"unexpected '{parser.peek()}'")
-    except ConfigError as first:
-        parser.i = 0  # maybe a bare field list, as from_json accepts
-        try:
-            result = T.StructType(parser.fields(None))
-            if parser.peek() is not None:
-                raise first
-        except ConfigError:
-            raise ConfigError(f"{what}: {first.reason}") from None
+    result, error, reached = _whole(parser, parser.data_type)
+    if error is not None:  # maybe a bare field list, as from_json accepts
+        fields, second, further = _whole(parser, lambda: T.StructType(parser.fields(None)))
+        if second is not None:  # the reading that got further (and not just to the end) says best what is wrong
+            better = further > reached and "text ended" not in second.reason
+            raise ConfigError(f"{what}: {(second if better else error).reason}")
+        result = fields
     if isinstance(result, T.BinaryType) or _contains(result, T.BinaryType):
         raise ConfigError(f"{what}: BINARY cannot come from a JSON answer")
     return result
+
+
+def _whole(parser: _Parser, parse: Callable[[], T.DataType]) -> tuple[Any, ConfigError | None, int]:
+    """Parse all of the text: (type, None, _) or (None, error, how far the parser got)."""
+    parser.i = 0
+    try:
+        result = parse()
+        if parser.peek() is not None:
+            raise parser.fail(f"unexpected '{parser.peek()}'")
+        return result, None, parser.i
+    except ConfigError as exc:
+        return None, exc, parser.i
 
 
 def _contains(data_type: T.DataType, kind: type) -> bool:
@@ -222,6 +230,19 @@ def caster(data_type: T.DataType, endpoint: str) -> Callable[[Any], Any]:
     return cast
 
 
+def field_caster(field: str, data_type: T.DataType, choices: Sequence[str], endpoint: str) -> Callable[[Any], Any]:
+    """Like ``caster`` for ``STRUCT<field: data_type>``, giving the field; a value outside ``choices`` is NULL."""
+    cast = caster(T.StructType([T.StructField(field, data_type, True)]), endpoint)
+    allowed = frozenset(choices)
+
+    def pick(answer: Any) -> Any:
+        record = cast(answer)
+        value = None if record is None else record[field]
+        return value if not allowed or value in allowed else None
+
+    return pick
+
+
 def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - one branch per type
     if isinstance(data_type, T.StringType):
         return lambda v: v if v is None or isinstance(v, str) else json.dumps(v)
@@ -252,15 +273,7 @@ def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - o
     if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
         return lambda v: None if v is None else dt.datetime.fromisoformat(_text(v).replace("Z", "+00:00"))
     if isinstance(data_type, T.ArrayType):
-        element = _converter(data_type.elementType)
-
-        def array(v: Any) -> Any:
-            if v is None:
-                return None
-            if not isinstance(v, list):
-                raise TypeError(f"expected a JSON array, got {type(v).__name__}")
-            return [element(x) for x in v]
-        return array
+        return _array_converter(data_type)
     if isinstance(data_type, T.MapType):
         value_of = _converter(data_type.valueType)
         key_of = _converter(data_type.keyType)
@@ -287,6 +300,27 @@ def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - o
             return {name: convert(v.get(name)) for name, convert in fields}
         return struct
     raise ConfigError(f"unsupported type {data_type.simpleString()}")
+
+
+def _array_converter(data_type: T.ArrayType) -> Callable[[Any], Any]:
+    """Numeric arrays (embeddings: thousands of numbers a row) convert in numpy, not element by element."""
+    element = _converter(data_type.elementType)
+    vector = _NUMPY_TYPES.get(type(data_type.elementType))
+
+    def array(v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise TypeError(f"expected a JSON array, got {type(v).__name__}")
+        if vector is not None:
+            fast = np.asarray(v)
+            if fast.ndim == 1 and fast.dtype.kind in "iuf":
+                return fast.astype(vector, copy=False)
+        return [element(x) for x in v]
+    return array
+
+
+_NUMPY_TYPES = {T.FloatType: np.float32, T.DoubleType: np.float64}
 
 
 def _number(v: Any) -> Any:

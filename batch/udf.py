@@ -23,7 +23,7 @@ from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
 from .arguments import QuerySpec
-from .engine import RowOutcome, answer_rows
+from .engine import Memo, RowOutcome, answer_rows
 from .errors import EndpointError, InvalidRequestTypeError
 from .runtime import worker_runtime
 
@@ -31,13 +31,13 @@ __all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column
            "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
 
 METADATA_FIELDS = [
-    T.StructField("attempts", T.IntegerType(), False),
+    T.StructField("attempts", T.IntegerType(), True),
     T.StructField("latency_ms", T.DoubleType(), True),
-    T.StructField("prompt_tokens", T.LongType(), False),
-    T.StructField("completion_tokens", T.LongType(), False),
-    T.StructField("total_tokens", T.LongType(), False),
-    T.StructField("requests", T.IntegerType(), False),
-    T.StructField("rate_limited", T.IntegerType(), False),
+    T.StructField("prompt_tokens", T.LongType(), True),
+    T.StructField("completion_tokens", T.LongType(), True),
+    T.StructField("total_tokens", T.LongType(), True),
+    T.StructField("requests", T.IntegerType(), True),
+    T.StructField("rate_limited", T.IntegerType(), True),
     T.StructField("error_kind", T.StringType(), True),
 ]
 
@@ -150,10 +150,11 @@ def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float 
         runtime = worker_runtime()
         client = runtime.client(spec.endpoint, rate_share)
         convert = spec.converter()
+        memo = Memo()
 
         def start(batch: pd.Series) -> Any:
             return runtime.submit(answer_rows(client, request_values(batch, spec), params=params,
-                                              response_format=response_format, convert=convert))
+                                              response_format=response_format, convert=convert, memo=memo))
 
         yield from pipelined(batches, start, lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))
 
