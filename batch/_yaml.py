@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,42 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Lines]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"malformed YAML: {problem}", source=source,
+        if context and context_mark is not None:
+            problem += f" ({context} started at line {context_mark.line + 1})"
+        # A syntax error has no parsed keys to point at, so name the key written where the
+        # broken construct starts: "which key" matters as much as "which line".
+        where = context_mark or mark
+        path = key_path_at(text, where.line + 1) if where is not None else ()
+        raise ConfigError(f"malformed YAML: {problem}", source=source, key=".".join(path) or None,
                           line=mark.line + 1 if mark else None) from None
     lines: Lines = {}
     if node is not None:
         _walk(node, (), lines)
     return data, lines
+
+
+_KEY_LINE = re.compile(r"""^([ \t-]*)(?:"([^"]*)"|'([^']*)'|([^\s#'"][^:#]*?))\s*:(?:\s|$)""")
+
+
+def key_path_at(text: str, line: int) -> tuple[str, ...]:
+    """The block-style keys enclosing ``line`` (1-based), read from indentation alone.
+
+    Good enough to name the entry and key around a syntax error; flow-style
+    mappings and multi-line scalars are not followed.
+    """
+    stack: list[tuple[int, str]] = []
+    for raw in text.splitlines()[:max(0, line)]:
+        match = _KEY_LINE.match(raw)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        key = next(g for g in match.groups()[1:] if g is not None).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+    return tuple(key for _, key in stack)
 
 
 def _walk(node: yaml.Node, prefix: tuple[str, ...], lines: Lines) -> None:

@@ -16,7 +16,9 @@ from typing import Callable
 import httpx
 
 from .config import EndpointConfig
-from .errors import CredentialError, HTTPRequestError, TransportError
+from .errors import CredentialError, HTTPRequestError, TransportError, status_error
+from .retry import parse_retry_after
+from .wire import error_text
 
 __all__ = ["Credentials", "NoCredentials", "BearerToken", "DatabricksOAuth", "credentials_for"]
 
@@ -26,9 +28,12 @@ class Credentials:
         raise NotImplementedError
 
 
+_NO_HEADERS: dict[str, str] = {}
+
+
 class NoCredentials(Credentials):
     async def headers(self) -> dict[str, str]:
-        return {}
+        return _NO_HEADERS  # the same object each time, so callers can cache what they build from it
 
     def __repr__(self) -> str:
         return "NoCredentials()"
@@ -90,10 +95,13 @@ class DatabricksOAuth(Credentials):
             await response.aread()
         except httpx.HTTPError as exc:
             raise TransportError(cfg.name, f"OAuth token request to {url} failed: {exc}") from None
-        if response.status_code != 200:
-            raise HTTPRequestError(cfg.name, f"OAuth token request to {url} was refused "
-                                   f"(check {cfg.client_id_env} / {cfg.client_secret_env})",
-                                   status=response.status_code)
+        status = response.status_code
+        if status != 200:
+            # 429 and 5xx from the token endpoint are as transient as from the model; 400 and 401 are not.
+            hint = f" (check {cfg.client_id_env} / {cfg.client_secret_env})" if status in (400, 401, 403) else ""
+            raise status_error(cfg.name, status, f"OAuth token request to {url} was refused: "
+                               f"{error_text(response.content, 300)}{hint}",
+                               parse_retry_after(response.headers))
         try:
             body = response.json()
             token, ttl = body["access_token"], float(body.get("expires_in", 3600))
@@ -107,9 +115,10 @@ class DatabricksOAuth(Credentials):
         return f"DatabricksOAuth(client_id_env={self.config.client_id_env!r})"
 
 
-def credentials_for(config: EndpointConfig, transport: httpx.AsyncBaseTransport) -> Credentials:
+def credentials_for(config: EndpointConfig, transport: httpx.AsyncBaseTransport, *,
+                    clock: Callable[[], float] = time.monotonic) -> Credentials:
     if config.client_id_env:
-        return DatabricksOAuth(config, transport)
+        return DatabricksOAuth(config, transport, clock=clock)
     if config.token_env:
         return BearerToken(config.token_env, config.name)
     return NoCredentials()

@@ -63,6 +63,16 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         if isinstance(self.headers, Mapping):  # kept as sorted pairs so configs hash as cache keys
             object.__setattr__(self, "headers", tuple(sorted((str(k), str(v)) for k, v in self.headers.items())))
+        for name in ("name", "base_url", "host", "model", "return_type"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name} must be text, got {value!r}", key=name)
+        if not isinstance(self.verify_tls, bool):
+            raise ConfigError(f"verify_tls must be true or false, got {self.verify_tls!r}", key="verify_tls")
+        if not (isinstance(self.headers, tuple) and all(
+                isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)
+                for pair in self.headers)):
+            raise ConfigError(f"headers must map header names to values, got {self.headers!r}", key="headers")
         _check_choice("api", self.api, APIS)
         _check_choice("task", self.task, TASKS)
         if self.api == "openai" and not self.base_url:

@@ -42,7 +42,8 @@ class RateBudget:
         """Book ``amount`` units and return how long the caller must wait before using them."""
         now = self._clock()
         self._next = max(self._next, now) + amount / self.rate
-        return max(0.0, self._next - self.burst / self.rate - now)
+        wait = self._next - self.burst / self.rate - now
+        return wait if wait > 1e-9 else 0.0  # float dust inside the burst is not worth a trip through the loop
 
     def adjust(self, amount: float) -> None:
         """Correct an earlier estimate (tokens are known only once the answer arrives)."""
@@ -131,7 +132,16 @@ class FlowControl:
             if self.tokens and estimated_tokens:
                 wait = max(wait, self.tokens.reserve(estimated_tokens))
             if wait > 0:
+                paused = self.paused_until
                 await self.sleep(wait)
+                # A 429 that arrived while we slept on the budget holds us back too: the server
+                # asked the whole pool to wait, not only the requests that had yet to ask.
+                while self.paused_until > paused:
+                    paused = self.paused_until
+                    wait = paused - self.clock()
+                    if wait <= 0:
+                        break
+                    await self.sleep(wait)
         except BaseException:
             self.limit.release()
             raise

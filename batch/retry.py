@@ -37,7 +37,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ``now`` is the wall clock (``time.time()``) used for HTTP dates. Absurd or unparseable values give None,
     so the caller falls back to its own backoff.
     """
-    ms = headers.get("retry-after-ms")
+    ms = _header(headers, "retry-after-ms")
     if ms is not None:
         try:
             value = float(ms) / 1000.0
@@ -45,7 +45,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             value = None
         if value is not None and 0 <= value <= MAX_RETRY_AFTER:
             return value
-    raw = headers.get("retry-after")
+    raw = _header(headers, "retry-after")
     if raw is None:
         return None
     raw = raw.strip()
@@ -55,10 +55,21 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         parsed = email.utils.parsedate_tz(raw)
         if parsed is None:
             return None
-        value = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
-    if value != value or value > MAX_RETRY_AFTER:  # NaN or longer than any batch job should sit idle
+        # a date already past means "now"; a negative number of seconds is no delay at all
+        value = max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
+    if not 0.0 <= value <= MAX_RETRY_AFTER:  # negative, NaN, or longer than any batch job should sit idle
         return None
-    return max(0.0, value)
+    return value
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Header names are case-insensitive; a plain dict from a caller may not know that."""
+    value = headers.get(name)
+    if value is None:
+        for key, candidate in headers.items():
+            if key.lower() == name:
+                return candidate
+    return value
 
 
 def retry_delay(attempt: int, policy: RetryPolicy, retry_after: float | None = None,

@@ -33,6 +33,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         ssl_arg: ssl.SSLContext | bool = True if self._verify else False
@@ -44,8 +45,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
         timeouts = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.get("connect"),
-                                        sock_read=timeouts.get("read"))
+        key = (timeouts.get("connect"), timeouts.get("read"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:  # one per distinct setting, not one per request
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, connect=key[0], sock_read=key[1])
         headers = {k: v for k, v in request.headers.items() if k not in _SKIP_HEADERS}
         try:
             async with session.request(request.method, str(request.url), data=request.content,

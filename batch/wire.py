@@ -8,8 +8,9 @@ shows (``messages`` / ``prompt`` / ``input`` / ``dataframe_records`` posted to
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .config import EndpointConfig
 
@@ -72,12 +73,17 @@ def parse_answer(config: EndpointConfig, body: Any, count: int) -> list[Any]:
         raise AnswerShapeError(f"expected a JSON object, got {type(body).__name__}")
     task = config.task
     if task == "chat":
-        return [_first_choice(body, lambda c: (c.get("message") or {}).get("content"), "message.content")]
+        return [_first_choice(body, _message_content, "message.content")]
     if task == "completions":
         return [_first_choice(body, lambda c: c.get("text"), "text")]
     if task == "embeddings":
         return _embeddings(body, count)
     return _predictions(body, count)
+
+
+def _message_content(choice: Mapping[str, Any]) -> Any:
+    message = choice.get("message")
+    return message.get("content") if isinstance(message, Mapping) else None
 
 
 def _first_choice(body: Mapping[str, Any], pick: Any, what: str) -> str:
@@ -100,7 +106,7 @@ def _embeddings(body: Mapping[str, Any], count: int) -> list[list[float]]:
         if not isinstance(item, Mapping) or not isinstance(item.get("embedding"), list):
             raise AnswerShapeError(f"data[{position}] has no 'embedding' list")
         index = item.get("index", position)
-        if not isinstance(index, int) or not 0 <= index < count or ordered[index] is not None:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count or ordered[index] is not None:
             raise AnswerShapeError(f"data[{position}] has a bad index {index!r}")
         ordered[index] = item["embedding"]
     return ordered
@@ -130,8 +136,9 @@ def error_text(content: bytes, limit: int = 1000) -> str:
         if isinstance(error, Mapping) and error.get("message"):
             code = error.get("code") or error.get("type")
             return f"{code}: {error['message']}" if code else str(error["message"])
-        if isinstance(error, str):
-            return error
+        if isinstance(error, str):  # OAuth (RFC 6749) puts the words in error_description
+            description = body.get("error_description")
+            return f"{error}: {description}" if description else error
         if body.get("error_code") or body.get("message"):
             return ": ".join(str(body[k]) for k in ("error_code", "message") if body.get(k))
     text = json.dumps(body)

@@ -1,0 +1,683 @@
+"""The endpoint client: retries, Retry-After, limits and error text, first against a scripted transport,
+then over real HTTP against the local endpoint with its fault directives."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+
+import httpx
+import pytest
+
+from batch.client import EndpointClient
+from batch.config import EndpointConfig
+from batch.engine import answer_rows
+from batch.errors import (HTTPRequestError, InvalidResponseError, RateLimitError, ServerError, TransportError)
+from batch.serve import ServerProcess, simulated_answer
+from batch.transport import TRANSPORTS, make_transport
+
+MOCK_URL = "http://mock.test/v1"
+
+
+class FakeTime:
+    """A clock and a sleep that never wait. ``advance``: whether sleeping moves the clock."""
+
+    def __init__(self, advance: bool = True) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.advance = advance
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.advance:
+            self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+def chat_json(text: str, usage: dict | None = None) -> dict:
+    body = {"id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+class Script:
+    """A MockTransport handler that plays one step per request, then answers normally."""
+
+    def __init__(self, *steps, answer=None, time: FakeTime | None = None) -> None:
+        self.steps = list(steps)
+        self.answer = answer or (lambda request: httpx.Response(200, json=chat_json("ok")))
+        self.requests: list[httpx.Request] = []
+        self.times: list[float] = []
+        self.time = time
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.time is not None:
+            self.times.append(self.time.now)
+        if self.steps:
+            step = self.steps.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            if callable(step):
+                return step(request)
+            return step
+        return self.answer(request)
+
+
+def mock_client(handler, t: FakeTime, *, rand=0.0, **keys) -> EndpointClient:
+    entry = dict(name="mock-chat", api="openai", base_url=MOCK_URL, task="chat", max_retries=4,
+                 initial_backoff=0.1, max_backoff=1.0, timeout=5.0)
+    entry.update(keys)
+    return EndpointClient(EndpointConfig(**entry), transport=httpx.MockTransport(handler), clock=t.clock,
+                          sleep=t.sleep, rand=lambda: rand)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def call(client: EndpointClient, *inputs, **kwargs):
+    async def go():
+        try:
+            return await client.call(list(inputs) or ["hello"], **kwargs)
+        finally:
+            await client.aclose()
+    return run(go())
+
+
+def status(code: int, body=None, headers=None, content: bytes | None = None):
+    def respond(request):
+        if content is not None:
+            return httpx.Response(code, content=content, headers=headers)
+        return httpx.Response(code, json=body if body is not None else {"error": {"message": f"status {code}"}},
+                              headers=headers)
+    return respond
+
+
+# ================================================================ A: scripted transport
+
+def test_answer_usage_and_request():
+    t = FakeTime()
+    usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    script = Script(answer=lambda r: httpx.Response(200, json=chat_json("the answer", usage)))
+    client = mock_client(script, t, headers={"X-Team": "data", "User-Agent": "custom-agent"}, model="gpt-x")
+    result = call(client, "What is Spark?", params={"max_tokens": 16, "temperature": 0.1})
+    assert result.results == ["the answer"] and result.error is None
+    assert (result.attempts, result.rate_limited) == (1, 0)
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (5, 7, 12)
+    [request] = script.requests
+    assert request.method == "POST" and str(request.url) == MOCK_URL + "/chat/completions"
+    assert json.loads(request.content) == {"model": "gpt-x", "messages": [{"role": "user", "content": "What is Spark?"}],
+                                           "max_tokens": 16, "temperature": 0.1}
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["host"] == "mock.test"
+    assert request.headers["content-length"] == str(len(request.content))
+    assert request.headers["x-team"] == "data"
+    assert request.headers.get_list("user-agent") == ["custom-agent"]  # the entry's header replaces ours
+    assert "authorization" not in request.headers
+    assert request.extensions["timeout"]["read"] == 5.0
+    assert t.sleeps == []
+    stats = client.stats
+    assert (stats.requests, stats.attempts, stats.failed, stats.usage.total_tokens) == (1, 1, 0, 12)
+
+
+def test_usage_adds_up_over_calls():
+    t = FakeTime()
+    usage = {"prompt_tokens": 2, "completion_tokens": 3}
+    client = mock_client(Script(answer=lambda r: httpx.Response(200, json=chat_json("a", usage))), t)
+
+    async def go():
+        results = await asyncio.gather(*(client.call([f"p{i}"]) for i in range(10)))
+        await client.aclose()
+        return results
+    results = run(go())
+    assert all(r.usage.total_tokens == 5 for r in results)
+    assert (client.stats.requests, client.stats.usage.prompt_tokens, client.stats.usage.completion_tokens,
+            client.stats.usage.total_tokens) == (10, 20, 30, 50)
+
+
+@pytest.mark.parametrize("code", [408, 429, 500, 502, 503, 504])
+def test_transient_statuses_are_retried(code):
+    t = FakeTime()
+    script = Script(status(code), status(code), time=t)
+    client = mock_client(script, t)
+    result = call(client)
+    assert result.error is None and result.results == ["ok"]
+    assert result.attempts == 3 and len(script.requests) == 3
+    assert result.rate_limited == (2 if code == 429 else 0)
+    # no server hint: equal-jitter exponential backoff (rand=0 gives the lower half)
+    assert t.sleeps == pytest.approx([0.05, 0.1])
+    assert script.times == pytest.approx([1000.0, 1000.05, 1000.15])
+
+
+@pytest.mark.parametrize("exc", [
+    httpx.ReadTimeout("read timed out"), httpx.ConnectTimeout("connect timed out"),
+    httpx.WriteTimeout("write timed out"), httpx.PoolTimeout("pool timed out"),
+    httpx.ConnectError("connection refused"), httpx.RemoteProtocolError("server disconnected"),
+    httpx.ReadError("connection reset"),
+])
+def test_transport_failures_are_retried(exc):
+    t = FakeTime()
+    script = Script(exc, exc)
+    result = call(mock_client(script, t))
+    assert result.error is None and result.attempts == 3 and len(t.sleeps) == 2
+
+
+def test_timeouts_exhausted_say_timeout():
+    t = FakeTime()
+    script = Script(*[httpx.ReadTimeout("slow")] * 10)
+    result = call(mock_client(script, t, max_retries=2, timeout=7.5))
+    assert isinstance(result.error, TransportError) and result.error.retryable
+    assert result.attempts == 3 and "7.5s (timeout)" in str(result.error) and "mock-chat" in str(result.error)
+
+
+def test_connection_errors_exhausted_say_why():
+    t = FakeTime()
+    script = Script(*[httpx.ConnectError("connection refused")] * 10)
+    result = call(mock_client(script, t, max_retries=1))
+    assert isinstance(result.error, TransportError) and "connection refused" in str(result.error)
+    assert result.attempts == 2
+
+
+@pytest.mark.parametrize("content", [
+    b'{"id": "x", "choices": [{"message": {"content": "cut sh',  # truncated JSON
+    b"<html><body>502 Bad Gateway</body></html>",
+    b"",
+    b"\xff\xfe\x00garbage",
+])
+def test_unreadable_200_bodies_are_retried(content):
+    t = FakeTime()
+    script = Script(status(200, content=content), status(200, content=content))
+    result = call(mock_client(script, t))
+    assert result.error is None and result.results == ["ok"] and result.attempts == 3
+
+
+def test_unreadable_200_exhausted():
+    t = FakeTime()
+    script = Script(*[status(200, content=b"<html>oops</html>")] * 10)
+    result = call(mock_client(script, t, max_retries=2))
+    error = result.error
+    assert isinstance(error, InvalidResponseError) and error.retryable and result.attempts == 3
+    assert "AI_FUNCTION_INVALID_HTTP_RESPONSE" in str(error) and "not JSON" in str(error)
+    assert "<html>oops</html>" in str(error)
+
+
+@pytest.mark.parametrize("code,body,text", [
+    (400, {"error": {"message": "This model's maximum context length is 8192 tokens", "type": "invalid_request_error",
+                     "code": "context_length_exceeded"}},
+     "context_length_exceeded: This model's maximum context length is 8192 tokens"),
+    (401, {"error": {"message": "Incorrect API key provided", "type": "authentication_error", "code": "invalid_api_key"}},
+     "invalid_api_key: Incorrect API key provided"),
+    (403, {"error_code": "PERMISSION_DENIED", "message": "no access to endpoint"},
+     "PERMISSION_DENIED: no access to endpoint"),
+    (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Endpoint mock-chat does not exist"},
+     "RESOURCE_DOES_NOT_EXIST: Endpoint mock-chat does not exist"),
+    (422, {"detail": "bad field"}, '{"detail": "bad field"}'),
+    (501, {"error": "not implemented here"}, "not implemented here"),
+])
+def test_refusals_are_not_retried_and_carry_the_endpoints_text(code, body, text):
+    t = FakeTime()
+    script = Script(*[status(code, body)] * 5)
+    result = call(mock_client(script, t))
+    error = result.error
+    assert type(error) is HTTPRequestError and not error.retryable
+    assert result.attempts == 1 and len(script.requests) == 1 and t.sleeps == []
+    message = str(error)
+    assert text in message and f"HTTP {code}" in message and "'mock-chat'" in message
+    assert "AI_FUNCTION_HTTP_REQUEST_ERROR" in message
+    assert result.results is None
+
+
+def test_refusal_with_a_plain_text_body():
+    t = FakeTime()
+    script = Script(status(400, content=b"prompt too long for this model"))
+    result = call(mock_client(script, t))
+    assert "prompt too long for this model" in str(result.error) and result.attempts == 1
+
+
+@pytest.mark.parametrize("body", [{"result": "surprise"}, {"choices": []}, {"choices": [{"message": "text"}]}, []])
+def test_wrong_shape_200_is_not_retried(body):
+    t = FakeTime()
+    script = Script(*[status(200, body)] * 5)
+    result = call(mock_client(script, t))
+    error = result.error
+    assert isinstance(error, InvalidResponseError) and not error.retryable
+    assert result.attempts == 1 and len(script.requests) == 1
+    assert "unexpected answer" in str(error) and "HTTP 200" in str(error)
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"Retry-After": "3"}, 3.0),
+    ({"retry-after-ms": "1500", "Retry-After": "2"}, 1.5),
+    ({"Retry-After": "0"}, 0.0),
+])
+def test_retry_after_is_honoured_on_429(headers, expected):
+    t = FakeTime()
+    script = Script(status(429, headers=headers), time=t)
+    client = mock_client(script, t)
+    result = call(client)
+    assert result.error is None and result.attempts == 2 and result.rate_limited == 1
+    if expected:
+        assert t.sleeps == [pytest.approx(expected)]  # the pause the server asked for, to the millisecond
+        assert client.flow.paused_until == pytest.approx(1000.0 + expected)
+    assert script.times[1] - script.times[0] == pytest.approx(expected)
+
+
+def test_retry_after_http_date_is_honoured():
+    t = FakeTime()
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    script = Script(status(429, headers={"Retry-After": when}))
+    call(mock_client(script, t))
+    assert len(t.sleeps) == 1 and 28.0 <= t.sleeps[0] <= 31.0
+
+
+def test_retry_after_gets_at_most_ten_percent_jitter():
+    t = FakeTime()
+    script = Script(status(429, headers={"Retry-After": "4"}))
+    call(mock_client(script, t, rand=1.0))
+    assert t.sleeps == [pytest.approx(4.4)]
+
+
+def test_retry_after_is_honoured_on_503():
+    t = FakeTime()
+    script = Script(status(503, headers={"Retry-After": "2"}), time=t)
+    client = mock_client(script, t)
+    result = call(client)
+    assert result.error is None and t.sleeps == [pytest.approx(2.0)] and result.rate_limited == 0
+    assert client.flow.paused_until == 0.0  # a 503 waits alone; only a 429 pauses the pool
+
+
+def test_retry_after_beyond_reason_falls_back_to_backoff():
+    t = FakeTime()
+    script = Script(status(429, headers={"Retry-After": "86400"}))
+    call(mock_client(script, t))
+    assert t.sleeps == [pytest.approx(0.05)]
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3, 6])
+def test_max_retries_is_respected(max_retries):
+    t = FakeTime()
+    script = Script(answer=status(500, {"error": {"message": "always broken"}}))
+    result = call(mock_client(script, t, max_retries=max_retries, initial_backoff=0.1, max_backoff=0.5))
+    assert isinstance(result.error, ServerError) and result.error.status == 500
+    assert "always broken" in str(result.error)
+    assert result.attempts == max_retries + 1 and len(script.requests) == max_retries + 1
+    assert t.sleeps == pytest.approx([0.05, 0.1, 0.2, 0.25, 0.25, 0.25][:max_retries])
+
+
+def test_rate_limited_requests_exhausted():
+    t = FakeTime()
+    script = Script(answer=status(429, {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"},
+                                  headers={"Retry-After": "1"}))
+    result = call(mock_client(script, t, max_retries=2))
+    assert isinstance(result.error, RateLimitError) and result.error.retry_after == 1.0
+    assert result.attempts == 3 and result.rate_limited == 3
+    assert "REQUEST_LIMIT_EXCEEDED: slow down" in str(result.error)
+
+
+def test_a_429_pauses_the_whole_pool():
+    t = FakeTime(advance=False)  # time stands still: every admission shows the wait it was given
+    first = {"done": False}
+
+    def handler(request):
+        prompt = json.loads(request.content)["messages"][0]["content"]
+        if prompt == "first" and not first["done"]:
+            first["done"] = True
+            return httpx.Response(429, headers={"Retry-After": "5"}, json={"error": {"message": "rate"}})
+        return httpx.Response(200, json=chat_json("ok"))
+
+    client = mock_client(handler, t)
+
+    async def go():
+        a = await client.call(["first"])  # its 429 pauses the pool...
+        assert client.flow.paused_until == pytest.approx(1005.0)
+        others = await asyncio.gather(*(client.call([f"other {i}"]) for i in range(3)))  # ...for everyone
+        await client.aclose()
+        return a, others
+
+    a, others = run(go())
+    assert a.error is None and all(o.error is None and o.attempts == 1 for o in others)
+    assert t.sleeps == [pytest.approx(5.0)] * 4
+
+
+def test_a_429_cuts_the_in_flight_limit():
+    t = FakeTime()
+    script = Script(status(429, headers={"Retry-After": "1"}))
+    client = mock_client(script, t, max_concurrency=10)
+    call(client)
+    assert client.flow.limit.limit == pytest.approx(7.0 + 1 / 7.0)  # cut by 30%, then one success grows it
+
+
+def test_in_flight_cap_holds():
+    t = FakeTime()
+    state = {"now": 0, "max": 0}
+
+    async def handler(request):
+        state["now"] += 1
+        state["max"] = max(state["max"], state["now"])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        state["now"] -= 1
+        return httpx.Response(200, json=chat_json("ok"))
+
+    client = mock_client(handler, t, max_concurrency=4)
+
+    async def go():
+        results = await asyncio.gather(*(client.call([f"p{i}"]) for i in range(40)))
+        await client.aclose()
+        return results
+    results = run(go())
+    assert all(r.error is None for r in results)
+    assert state["max"] == 4 and client.flow.limit.in_flight == 0
+
+
+def test_cancelled_call_gives_its_slot_back():
+    t = FakeTime()
+    gate = {}
+
+    async def handler(request):
+        gate.setdefault("event", asyncio.Event())
+        await gate["event"].wait()
+        return httpx.Response(200, json=chat_json("late"))
+
+    client = mock_client(handler, t, max_concurrency=1)
+
+    async def go():
+        task = asyncio.create_task(client.call(["stuck"]))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert client.flow.limit.in_flight == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.flow.limit.in_flight == 0
+        gate["event"].set()
+        return await asyncio.wait_for(client.call(["next"]), 5)
+    assert run(go()).results == ["late"]
+
+
+def test_retries_are_logged_at_debug(caplog):
+    caplog.set_level(logging.DEBUG, logger="batch.client")
+    t = FakeTime()
+    call(mock_client(Script(status(503, {"error": {"message": "busy"}})), t))
+    [record] = [r for r in caplog.records if r.name == "batch.client"]
+    assert record.levelno == logging.DEBUG
+    assert "retrying mock-chat" in record.getMessage() and "busy" in record.getMessage()
+
+
+def test_databricks_and_multi_input_requests():
+    t = FakeTime()
+
+    def handler(request):
+        body = json.loads(request.content)
+        if "input" in body:
+            data = [{"index": i, "embedding": [float(i)]} for i in reversed(range(len(body["input"])))]
+            return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+        return httpx.Response(200, json={"predictions": [r["x"] * 2 for r in body["dataframe_records"]]})
+
+    script = Script(answer=handler)
+    embed = EndpointClient(EndpointConfig(name="dbx-embed", api="databricks", host="https://ws.example",
+                                          task="embeddings"), transport=httpx.MockTransport(script), sleep=t.sleep)
+    result = run(embed.call(["a", "b", "c"]))
+    assert result.results == [[0.0], [1.0], [2.0]] and result.usage.total_tokens == 3
+    assert str(script.requests[0].url) == "https://ws.example/serving-endpoints/dbx-embed/invocations"
+    assert json.loads(script.requests[0].content) == {"input": ["a", "b", "c"]}
+    custom = EndpointClient(EndpointConfig(name="scorer", api="databricks", host="ws.example", task="custom"),
+                            transport=httpx.MockTransport(script), sleep=t.sleep)
+    assert run(custom.call([{"x": 1}, {"x": 4}])).results == [2, 8]
+
+
+def test_client_repr_is_short_and_safe():
+    client = mock_client(Script(), FakeTime())
+    assert repr(client).startswith("EndpointClient('mock-chat', FlowControl(")
+
+
+# ================================================================ B: real HTTP against batch.serve
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess(record=True) as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(server):
+    server.configure(latency_ms=0, latency_jitter_ms=0, rate_limit=0, burst=None, fault_rate=0.0, token=None,
+                     retry_after="auto", stall_seconds=30, max_prompt_chars=0, oauth_client_id=None,
+                     oauth_client_secret=None)
+    server.reset()
+    return server
+
+
+FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
+
+
+def http_client(srv, transport: str = "aiohttp", *, api: str = "openai", task: str = "chat", rand=None,
+                **keys) -> EndpointClient:
+    entry = dict(FAST)
+    entry.update(keys)
+    if api == "openai":
+        config = EndpointConfig(name="local-" + task, api="openai", base_url=srv.url + "/v1", task=task, **entry)
+    else:
+        config = EndpointConfig(name="dbx-" + task, api="databricks", host=srv.url, task=task, **entry)
+    extra = {"rand": rand} if rand is not None else {}
+    return EndpointClient(config, transport=make_transport(transport), **extra)
+
+
+async def calls(client: EndpointClient, prompts, **kwargs):
+    try:
+        return await asyncio.gather(*(client.call([p], **kwargs) for p in prompts))
+    finally:
+        await client.aclose()
+
+
+RETRYABLE = ["429", "429-bare", "500", "502", "503", "504", "drop", "malformed", "truncated", "stall",
+             "dbx-limit", "dbx-unavailable"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("kind", RETRYABLE)
+def test_every_retryable_fault_recovers(srv, transport, kind):
+    keys = {}
+    if kind == "stall":
+        srv.configure(stall_seconds=5)
+        keys["timeout"] = 0.3
+    api = "databricks" if kind.startswith("dbx-") else "openai"
+    client = http_client(srv, transport, api=api, **keys)
+    prompt = f"[[flaky:2:{kind}]] recover from {kind}"
+    [result] = run(calls(client, [prompt]))
+    assert result.error is None, result.error
+    assert result.results == [simulated_answer(prompt)[0]]
+    assert result.attempts == 3
+    assert result.rate_limited == (2 if kind in ("429", "429-bare", "dbx-limit") else 0)
+    stats = srv.stats()
+    assert stats["faults"] == {kind: 2} and stats["answered"] == 1
+    if kind == "stall":  # the abandoned attempts end on the server too, leaving nothing in flight behind
+        assert poll(lambda: srv.stats()["in_flight"] == 0)
+
+
+def poll(check, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_random_faults_lose_nothing(srv, transport):
+    srv.configure(fault_rate=0.3, faults="429,429-bare,500,502,503,504,drop,malformed,truncated", seed=11)
+    client = http_client(srv, transport, max_retries=10, max_concurrency=16)
+    prompts = [f"row {i}" for i in range(120)]
+
+    async def go():
+        try:
+            return await answer_rows(client, prompts)
+        finally:
+            await client.aclose()
+    outcomes = run(go())
+    assert [o.value for o in outcomes] == [simulated_answer(p)[0] for p in prompts]
+    assert all(o.error is None for o in outcomes)
+    stats = srv.stats()
+    assert sum(stats["faults"].values()) > 0
+    assert stats["answered"] == 120 and client.stats.attempts >= stats["requests"] > 120
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("prompt,api,code,text", [
+    ("[[fail:400]] refuse me", "openai", 400, "simulated failure 400"),
+    ("[[fail:404]] refuse me", "openai", 404, "not_found: simulated failure 404"),
+    ("[[fail:400]] refuse me", "databricks", 400, "BAD_REQUEST: simulated failure 400"),
+    ("[[flaky:3:dbx-bad-request]] refuse me", "databricks", 400, "BAD_REQUEST: Simulated bad request"),
+])
+def test_refusals_surface_the_endpoints_message(srv, transport, prompt, api, code, text):
+    client = http_client(srv, transport, api=api)
+    [result] = run(calls(client, [prompt]))
+    error = result.error
+    assert isinstance(error, HTTPRequestError) and error.status == code and not error.retryable
+    assert text in str(error) and f"HTTP {code}" in str(error)
+    assert result.attempts == 1 and srv.stats()["requests"] == 1
+
+
+def test_context_length_refusal(srv):
+    srv.configure(max_prompt_chars=20)
+    client = http_client(srv)
+    short, long = "short prompt", "a very long prompt " * 5
+    ok, refused = run(calls(client, [short, long]))
+    assert ok.results == [simulated_answer(short)[0]]
+    assert "context_length_exceeded" in str(refused.error) and "maximum context length" in str(refused.error)
+    assert refused.attempts == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_unexpected_shape_is_reported_not_retried(srv, transport):
+    client = http_client(srv, transport)
+    [result] = run(calls(client, ["[[flaky:3:unexpected]] shape"]))
+    assert isinstance(result.error, InvalidResponseError) and not result.error.retryable
+    assert "surprise" in str(result.error) and result.attempts == 1
+
+
+def test_retry_after_is_honoured_over_http(srv):
+    # The server's own cap checks the client: had the retry come before the wait the server asked
+    # for, its empty bucket would have answered 429 a second time.
+    srv.configure(rate_limit=2, burst=1, retry_after="auto")
+    client = http_client(srv, rand=lambda: 0.5, initial_backoff=0.001, max_backoff=0.002)
+
+    async def go():
+        try:
+            started = time.monotonic()
+            first = await client.call(["takes the only token"])
+            second = await client.call(["has to wait"])
+            return first, second, time.monotonic() - started
+        finally:
+            await client.aclose()
+    first, second, elapsed = run(go())
+    assert first.error is None and first.attempts == 1
+    assert second.error is None and second.attempts == 2 and second.rate_limited == 1
+    stats = srv.stats()
+    assert stats["rate_limited"] == 1 and stats["answered"] == 2
+    assert elapsed >= 0.45  # the bucket refills one token in 1 / rate = 0.5 s; only a lower bound
+
+
+def test_fixed_retry_after_is_honoured_over_http(srv):
+    srv.configure(retry_after=0.4)
+    client = http_client(srv, rand=lambda: 0.0, initial_backoff=0.001, max_backoff=0.002)
+    started = time.monotonic()
+    [result] = run(calls(client, ["[[flaky:1:429]] wait for it"]))
+    elapsed = time.monotonic() - started
+    assert result.error is None and result.rate_limited == 1 and result.attempts == 2
+    assert elapsed >= 0.4
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_in_flight_cap_holds_over_http(srv, transport):
+    srv.configure(latency_ms=40)
+    client = http_client(srv, transport, max_concurrency=8)
+    prompts = [f"concurrent {i}" for i in range(48)]
+    results = run(calls(client, prompts))
+    assert [r.results[0] for r in results] == [simulated_answer(p)[0] for p in prompts]
+    stats = srv.stats()
+    assert 2 <= stats["max_in_flight"] <= 8
+
+
+def test_requests_per_minute_budget_holds(srv):
+    client = http_client(srv, requests_per_minute=1200, max_concurrency=64)  # 20/s, bursts of 2
+    prompts = [f"budgeted {i}" for i in range(60)]
+    started = time.monotonic()
+
+    async def go():
+        try:
+            return await answer_rows(client, prompts)
+        finally:
+            await client.aclose()
+    outcomes = run(go())
+    elapsed = time.monotonic() - started
+    assert all(o.error is None for o in outcomes)
+    stats = srv.stats()
+    assert stats["requests"] == 60 and stats["rate_limited"] == 0
+    assert max(stats["per_second"]) <= 20 + 2
+    assert elapsed >= (60 - 2) / 20.0 - 0.05  # lower bound only
+
+
+def test_a_429_pauses_the_pool_over_http(srv):
+    srv.configure(retry_after=0.5)
+    client = http_client(srv, rand=lambda: 0.0)
+
+    async def go():
+        try:
+            limited = asyncio.create_task(client.call(["[[flaky:1:429]] pause everyone"]))
+            while client.flow.paused_until == 0.0 and not limited.done():
+                await asyncio.sleep(0.005)
+            until = client.flow.paused_until
+            others = await asyncio.gather(*(client.call([f"bystander {i}"]) for i in range(5)))
+            return await limited, others, until, time.monotonic()
+        finally:
+            await client.aclose()
+    limited, others, until, finished = run(go())
+    assert limited.error is None and limited.rate_limited == 1
+    assert all(o.error is None and o.rate_limited == 0 for o in others)
+    assert until > 0 and finished >= until  # the bystanders waited out the pause too
+
+
+def test_connection_refused_is_a_transport_error():
+    config = EndpointConfig(name="nowhere", base_url="http://127.0.0.1:9/v1", max_retries=1, initial_backoff=0.01,
+                            max_backoff=0.01, connect_timeout=2.0)
+    client = EndpointClient(config)
+    [result] = run(calls(client, ["anyone there?"]))
+    assert isinstance(result.error, TransportError) and result.attempts == 2
+    assert "'nowhere'" in str(result.error) and "connection failed" in str(result.error)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_task_over_http(srv, transport):
+    async def go():
+        out = {}
+        for api in ("openai", "databricks"):
+            for task in ("chat", "completions", "embeddings"):
+                client = http_client(srv, transport, api=api, task=task)
+                try:
+                    out[api, task] = await client.call(["one two"] if task != "embeddings" else ["a", "b"])
+                finally:
+                    await client.aclose()
+        client = http_client(srv, transport, api="databricks", task="custom")
+        try:
+            out["custom"] = await client.call([{"x": 1, "s": "abc"}, {"x": 2.5, "s": None}])
+        finally:
+            await client.aclose()
+        return out
+    out = run(go())
+    for api in ("openai", "databricks"):
+        assert out[api, "chat"].results == [simulated_answer("one two")[0]]
+        assert out[api, "completions"].results == [simulated_answer("one two")[0]]
+        assert len(out[api, "embeddings"].results) == 2 and len(out[api, "embeddings"].results[0]) == 16
+        assert out[api, "chat"].usage.total_tokens == 2 + 3
+    assert out["custom"].results == [4.0, 2.5]

@@ -1,0 +1,432 @@
+"""Flow control on a fake clock: budgets, the adaptive cap and the pool-wide pause, with no real waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+import pytest
+
+from batch.ratelimit import AdaptiveLimit, FlowControl, RateBudget
+
+
+class FakeTime:
+    """A clock that moves only when told to; ``sleep`` parks the caller until ``advance`` passes its deadline."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._timers: list[tuple[float, int, asyncio.Future]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._order), future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock forward, waking sleepers in deadline order at their own deadlines."""
+        target = self.now + seconds
+        await settle()
+        while self._timers and self._timers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._timers)
+            self.now = max(self.now, deadline)
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self.now = target
+        await settle()
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let every runnable task run until it blocks again (yields only; no time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+# ---------------------------------------------------------------- RateBudget
+
+def test_budget_bursts_then_paces():
+    t = FakeTime()
+    budget = RateBudget(10.0, burst=3, clock=t.clock)
+    assert [budget.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [budget.reserve() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_budget_long_run_holds_the_rate():
+    t = FakeTime()
+    budget = RateBudget(20.0, burst=2, clock=t.clock)
+    waits = [budget.reserve() for _ in range(60)]
+    # the n-th start is at (n - burst) / rate: 60 starts take (60 - 2) / 20 seconds, never less
+    assert waits[-1] == pytest.approx((60 - 2) / 20.0)
+    starts = sorted(waits)
+    for i in range(len(starts)):
+        in_window = [s for s in starts if starts[i] <= s < starts[i] + 1.0]
+        assert len(in_window) <= 20 + 2
+
+
+def test_budget_burst_refills_after_idle_but_never_banks_more():
+    t = FakeTime()
+    budget = RateBudget(10.0, burst=3, clock=t.clock)
+    for _ in range(5):
+        budget.reserve()
+    t.now = 100.0  # a long idle spell
+    assert [budget.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.reserve() == pytest.approx(0.1)
+
+
+def test_budget_default_burst_and_validation():
+    assert RateBudget(100.0).burst == 10.0
+    assert RateBudget(5.0).burst == 1.0
+    assert RateBudget(5.0, burst=0.2).burst == 1.0
+    for rate in (0, -1):
+        with pytest.raises(ValueError):
+            RateBudget(rate)
+
+
+def test_budget_token_amounts_and_adjust():
+    t = FakeTime()
+    tokens = RateBudget(100.0, burst=100.0, clock=t.clock)
+    assert tokens.reserve(50) == 0.0
+    tokens.adjust(150)  # the answer said 200 tokens, not the 50 estimated: the debt is paid by later callers
+    assert tokens.reserve(1) == pytest.approx(1.01)
+
+    t2 = FakeTime()
+    tokens = RateBudget(100.0, burst=100.0, clock=t2.clock)
+    assert tokens.reserve(100) == 0.0
+    assert tokens.reserve(100) == pytest.approx(1.0)
+    tokens.adjust(-100)  # the second request used nothing: its share comes back
+    assert tokens.reserve(100) == pytest.approx(1.0)
+
+
+def test_budget_push_back_only_moves_forward():
+    t = FakeTime()
+    budget = RateBudget(10.0, burst=1, clock=t.clock)
+    budget.push_back(5.0)
+    budget.push_back(1.0)  # an earlier deadline does not undo a later one
+    assert budget.reserve() == pytest.approx(5.0)
+    assert budget.reserve() == pytest.approx(5.1)
+    assert "RateBudget(rate=10/s" in repr(budget)
+
+
+# ---------------------------------------------------------------- AdaptiveLimit
+
+def test_limit_caps_in_flight_and_wakes_waiters_in_order():
+    async def main():
+        limit = AdaptiveLimit(2)
+        order: list[str] = []
+
+        async def worker(name: str) -> None:
+            await limit.acquire()
+            order.append(name)
+
+        await limit.acquire()
+        await limit.acquire()
+        assert limit.in_flight == 2
+        tasks = [asyncio.create_task(worker(n)) for n in "abcde"]
+        await settle()
+        assert order == [] and limit.in_flight == 2 and "waiting=5" in repr(limit)
+        for expected in (["a"], ["a", "b"], ["a", "b", "c"]):
+            limit.release()
+            await settle()
+            assert order == expected and limit.in_flight == 2
+        limit.release()
+        limit.release()
+        await settle()
+        assert order == list("abcde")
+        await asyncio.gather(*tasks)
+        for _ in range(2):
+            limit.release()
+        assert limit.in_flight == 0
+    run(main())
+
+
+def test_limit_newcomers_queue_behind_waiters():
+    async def main():
+        limit = AdaptiveLimit(1)
+        await limit.acquire()
+        order: list[str] = []
+
+        async def worker(name: str) -> None:
+            await limit.acquire()
+            order.append(name)
+            limit.release()
+
+        first = asyncio.create_task(worker("first"))
+        await settle()
+        limit.release()  # hands the slot to "first" before "late" even asks
+        late = asyncio.create_task(worker("late"))
+        await asyncio.gather(first, late)
+        assert order == ["first", "late"] and limit.in_flight == 0
+    run(main())
+
+
+def test_limit_grows_additively_on_success():
+    t = FakeTime()
+    limit = AdaptiveLimit(10, initial=2, clock=t.clock)
+
+    async def one_round_trip():
+        for _ in range(int(limit.limit)):
+            await limit.acquire()
+        for _ in range(int(limit.limit)):
+            limit.release(0.05)
+
+    run(one_round_trip())
+    assert 2.5 < limit.limit < 3.5  # about one more per round trip
+    for _ in range(100):
+        run(one_round_trip())
+    assert limit.limit == 10.0  # never above the maximum
+
+
+def test_limit_does_not_grow_on_errors():
+    limit = AdaptiveLimit(10, initial=3)
+
+    async def main():
+        for _ in range(20):
+            await limit.acquire()
+            limit.release(None)
+    run(main())
+    assert limit.limit == 3.0 and limit.in_flight == 0
+
+
+def test_limit_cuts_at_most_once_per_round_trip():
+    t = FakeTime()
+    limit = AdaptiveLimit(100, clock=t.clock)
+
+    async def storm(size: int, latency: float = 0.1) -> None:
+        for _ in range(size):
+            await limit.acquire()
+        for _ in range(size):
+            limit.release(latency, rate_limited=True)
+
+    run(storm(50))  # fifty 429s in one round trip: one cut
+    assert limit.limit == pytest.approx(70.0) and limit.in_flight == 0
+    t.now += 0.01
+    run(storm(50))  # still the same round trip
+    assert limit.limit == pytest.approx(70.0)
+    t.now += 1.0  # a round trip later, a new storm cuts again
+    run(storm(50))
+    assert limit.limit == pytest.approx(49.0)
+    for _ in range(30):
+        t.now += 1.0
+        run(storm(1))
+    assert limit.limit == 1.0  # never below the minimum
+
+
+def test_limit_cut_holds_back_waiters():
+    t = FakeTime()
+
+    async def main():
+        limit = AdaptiveLimit(4, clock=t.clock)
+        for _ in range(4):
+            await limit.acquire()
+        waiter = asyncio.create_task(limit.acquire())
+        await settle()
+        limit.release(0.1, rate_limited=True)  # limit 4 -> 2.8: three in flight is already too many
+        await settle()
+        assert not waiter.done() and limit.in_flight == 3
+        limit.release(0.1)
+        limit.release(0.1)
+        await settle()
+        assert waiter.done() and limit.in_flight == 2
+    run(main())
+
+
+def test_cancelled_waiter_does_not_leak_a_slot():
+    async def main():
+        limit = AdaptiveLimit(1)
+        await limit.acquire()
+        waiting = asyncio.create_task(limit.acquire())
+        await settle()
+        waiting.cancel()
+        await settle()
+        assert waiting.cancelled() and limit.in_flight == 1
+        limit.release()
+        assert limit.in_flight == 0
+        await asyncio.wait_for(limit.acquire(), 5)  # the slot is free, not held by the cancelled waiter
+        assert limit.in_flight == 1
+        limit.release()
+        assert limit.in_flight == 0
+    run(main())
+
+
+def test_cancel_after_the_slot_was_handed_over_gives_it_back():
+    async def main():
+        limit = AdaptiveLimit(1)
+        await limit.acquire()
+        granted = asyncio.create_task(limit.acquire())
+        after = asyncio.create_task(limit.acquire())
+        await settle()
+        limit.release()  # the slot goes to "granted", which has not run yet...
+        assert limit.in_flight == 1
+        granted.cancel()  # ...and is cancelled before it could use it
+        await settle()
+        assert granted.cancelled()
+        assert after.done() and limit.in_flight == 1  # the slot went on to the next waiter
+        limit.release()
+        assert limit.in_flight == 0
+    run(main())
+
+
+# ---------------------------------------------------------------- FlowControl
+
+def test_flow_admits_up_to_max_concurrency():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=3, clock=t.clock, sleep=t.sleep)
+        admitted = []
+
+        async def request(i: int) -> None:
+            await flow.admit()
+            admitted.append(i)
+
+        tasks = [asyncio.create_task(request(i)) for i in range(5)]
+        await settle()
+        assert admitted == [0, 1, 2]
+        flow.done(0.1)
+        await settle()
+        assert admitted == [0, 1, 2, 3]
+        for _ in range(4):
+            flow.done(0.1)
+        await asyncio.gather(*tasks)
+        assert flow.limit.in_flight == 0 and t.sleeps == []
+    run(main())
+
+
+def test_flow_paces_requests_per_second():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=100, requests_per_second=20.0, clock=t.clock, sleep=t.sleep)
+        started: list[float] = []
+
+        async def request() -> None:
+            await flow.admit()
+            started.append(t.now)
+            flow.done(0.01)
+
+        tasks = [asyncio.create_task(request()) for _ in range(60)]
+        await t.advance(10.0)
+        await asyncio.gather(*tasks)
+        assert len(started) == 60
+        assert started[:2] == [0.0, 0.0]  # the burst of rate / 10
+        assert started[-1] == pytest.approx(58 / 20.0)
+        for s in started:
+            assert len([x for x in started if s <= x < s + 1.0 - 1e-9]) <= 20 + 2
+    run(main())
+
+
+def test_flow_pause_delays_every_admission():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=10, clock=t.clock, sleep=t.sleep)
+        await flow.admit()
+        flow.done(0.1, rate_limited=True)
+        flow.pause(2.0)
+        flow.pause(0.5)  # a shorter pause never shortens the pool's wait
+        assert flow.paused_until == 2.0
+        started: list[float] = []
+
+        async def request() -> None:
+            await flow.admit()
+            started.append(t.now)
+            flow.done(0.1)
+
+        tasks = [asyncio.create_task(request()) for _ in range(5)]
+        await t.advance(1.9)
+        assert started == []
+        await t.advance(0.2)
+        await asyncio.gather(*tasks)
+        assert started == [2.0] * 5
+        assert t.sleeps == [2.0] * 5
+    run(main())
+
+
+def test_flow_pause_also_holds_requests_already_waiting_for_budget():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=10, requests_per_second=10.0, clock=t.clock, sleep=t.sleep)
+        started: list[float] = []
+
+        async def request() -> None:
+            await flow.admit()
+            started.append(t.now)
+            flow.done(0.01)
+
+        tasks = [asyncio.create_task(request()) for _ in range(3)]  # burst 1: one now, then 0.1 and 0.2
+        await t.advance(0.05)
+        assert started == [0.0]
+        flow.pause(1.0)  # a 429 while two requests sleep on their reservations
+        await t.advance(5.0)
+        await asyncio.gather(*tasks)
+        assert started[0] == 0.0
+        assert all(s >= 1.05 for s in started[1:])
+        # and the budget restarts behind the pause: the next requests are paced from there
+        follow = [asyncio.create_task(request()) for _ in range(3)]
+        await t.advance(5.0)
+        await asyncio.gather(*follow)
+        assert all(s >= 1.05 for s in started[3:])
+    run(main())
+
+
+def test_flow_token_budget_and_adjust():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=10, tokens_per_second=100.0, clock=t.clock, sleep=t.sleep)
+        await flow.admit(estimated_tokens=100)  # the whole one-second burst
+        flow.done(0.1, token_error=100)  # it really used 200
+        admitted = asyncio.create_task(flow.admit(estimated_tokens=10))
+        await t.advance(1.0)
+        assert not admitted.done()
+        await t.advance(1.2)
+        assert admitted.done()
+        assert t.sleeps == [pytest.approx(1.1)]
+        flow.done(0.1)
+        await flow.admit()  # no estimate: only the cap applies
+        flow.done(0.1)
+        assert flow.limit.in_flight == 0
+    run(main())
+
+
+def test_flow_cancelled_admission_gives_its_slot_back():
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=1, clock=t.clock, sleep=t.sleep)
+        flow.pause(10.0)
+        sleeping = asyncio.create_task(flow.admit())
+        queued = asyncio.create_task(flow.admit())
+        await settle()
+        assert flow.limit.in_flight == 1
+        sleeping.cancel()
+        await settle()
+        assert sleeping.cancelled()
+        assert flow.limit.in_flight == 1  # the queued admission took the slot over, and sleeps on the pause
+        queued.cancel()
+        await settle()
+        assert flow.limit.in_flight == 0
+        flow.paused_until = 0.0
+        await asyncio.wait_for(flow.admit(), 5)
+        assert flow.limit.in_flight == 1
+        flow.done(None)
+        assert flow.limit.in_flight == 0
+    run(main())
+
+
+def test_flow_repr_names_no_secrets_and_shows_state():
+    flow = FlowControl(max_concurrency=4, requests_per_second=2.0, tokens_per_second=50.0)
+    text = repr(flow)
+    assert "AdaptiveLimit(limit=4.0" in text and "RateBudget(rate=2/s" in text and "RateBudget(rate=50/s" in text
