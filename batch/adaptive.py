@@ -2,11 +2,12 @@
 
 A rate cap answers 429 quickly, so a client that only limits concurrency keeps
 re-sending into a full bucket and most of its traffic becomes 429s. Pacing on a
-rate avoids that: the first 429 sets the pace to what was actually delivered in
-the last moment (a good estimate of our share of the cap), a little below it;
-while no 429 comes, the pace creeps up by a small step per interval to find
-spare capacity; the next 429 cuts it again. The sawtooth stays within a few per
-cent of the cap and each cycle costs a handful of 429s.
+rate avoids that: a 429 sets the pace a little below what was actually delivered in the
+last moment (a good estimate of our share of the cap); while no 429 comes, the
+pace climbs back quickly to that level and then creeps above it, in steps that
+grow the longer no 429 comes, to find spare capacity; the next 429 cuts it again.
+Requests already waiting for their turn book again at the new pace, so one cut
+is not followed by a volley booked at the old one.
 """
 
 from __future__ import annotations
@@ -15,21 +16,28 @@ import time
 from collections import deque
 from typing import Callable
 
-from .ratelimit import RateBudget
+from .budget import RateBudget
 
 __all__ = ["AdaptiveRate"]
+
+MAX_STREAK = 10
 
 
 class AdaptiveRate:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: float = 0.5,
-                 decrease: float = 0.95, increase: float = 0.01, interval: float = 0.1,
+                 decrease: float = 0.95, probe: float = 0.003, interval: float = 0.1,
                  floor: float = 0.5) -> None:
-        """``increase`` is the share added per ``interval`` without a 429; ``decrease`` the cut on one."""
+        """``decrease``: the pace after a 429, as a share of what was delivered. ``probe``: the first step
+        above that level per ``interval`` without a 429 (it grows by the same amount every interval)."""
         self.clock, self.window, self.decrease = clock, window, decrease
-        self.increase, self.interval, self.floor = increase, interval, floor
+        self.probe, self.interval, self.floor = probe, interval, floor
         self.budget: RateBudget | None = None  # None until the endpoint first says 429
+        self.ceiling = 0.0   # the delivered rate when the last 429 came: our best guess of the cap
+        self.cuts = 0        # how many times the pace was cut, so waiters can tell their booking went stale
         self._done: deque[float] = deque()
-        self._last_change = float("-inf")
+        self._last_change = self._last_cut = float("-inf")
+        self._streak = 0
+        self._first: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -40,7 +48,10 @@ class AdaptiveRate:
         now = self.clock()
         while self._done and self._done[0] < now - self.window:
             self._done.popleft()
-        return len(self._done) / self.window
+        if self._first is None:
+            return 0.0
+        # Early on the window is not full yet: dividing by all of it would understate the rate.
+        return len(self._done) / max(min(self.window, now - self._first), self.interval)
 
     def reserve(self) -> float:
         """Seconds to wait before the next request may start (0 while no pace is set)."""
@@ -49,18 +60,34 @@ class AdaptiveRate:
     def success(self) -> None:
         now = self.clock()
         self._done.append(now)
-        if self.budget and now - self._last_change >= self.interval:
-            self._set(self.budget.rate * (1.0 + self.increase), now)
+        if self._first is None:
+            self._first = now
+        if self.budget is None or now - self._last_change < self.interval:
+            return
+        rate = self.budget.rate
+        if rate < self.ceiling:  # recovering: close a good part of the gap to the last known cap
+            rate += max((self.ceiling - rate) * 0.3, rate * self.probe)
+        elif self.cuts < 2:  # the first cap came while the pool was still ramping up: look further
+            rate *= 1.1
+        else:  # probing for more: small steps right after the cap, larger the longer no 429 comes
+            self._streak = min(self._streak + 1, MAX_STREAK)
+            rate *= 1.0 + self.probe * self._streak
+        self._set(rate, now)
 
     def rate_limited(self) -> None:
         """One cut per window: a burst of 429s from one overshoot is one signal, not many."""
         now = self.clock()
-        if now - self._last_change < self.window and self.budget:
+        if now - self._last_cut < self.window:
             return
-        current = self.budget.rate if self.budget else float("inf")
         delivered = self.delivered()
-        target = min(current, delivered if delivered > 0 else current) * self.decrease
-        self._set(max(self.floor, target if target != float("inf") else self.floor), now)
+        if self.budget is None and delivered == 0:
+            return  # nothing to learn from yet: the server's Retry-After pause is the answer
+        current = self.budget.rate if self.budget else delivered
+        self.ceiling = delivered if delivered > 0 else current * self.decrease
+        self._last_cut, self._streak = now, 0
+        self.cuts += 1
+        self._set(max(self.floor, min(current, self.ceiling) * self.decrease), now)
+        self.budget.restart()  # bookings made at the old pace are void: waiters book again
 
     def _set(self, rate: float, now: float) -> None:
         self._last_change = now
@@ -71,4 +98,4 @@ class AdaptiveRate:
             self.budget.burst = max(1.0, rate * 0.02)
 
     def __repr__(self) -> str:
-        return f"AdaptiveRate(rate={self.rate}, delivered={self.delivered():.1f}/s)"
+        return f"AdaptiveRate(rate={self.rate}, ceiling={self.ceiling:.1f}, delivered={self.delivered():.1f}/s)"

@@ -68,14 +68,34 @@ def _side(name: str) -> str:
 
 
 def recover(spark: SparkSession, name: str) -> None:
-    """Finish or undo a rewrite that a crash interrupted: the side table is complete only if the original is gone."""
+    """Undo what a crash left behind before anything is appended again.
+
+    A rewrite interrupted before its rename is finished (the side table is complete only
+    if the original is gone). Task output of a killed job, still under the table's
+    ``_temporary`` directory, is deleted: Hadoop's committer would otherwise publish it
+    with the next append, next to the answers the resumed run writes for the same keys.
+    """
     side = _side(name)
-    if not table_exists(spark, side):
-        return
+    if table_exists(spark, side):
+        if table_exists(spark, name):
+            spark.sql(f"DROP TABLE {side}")
+        else:
+            spark.sql(f"ALTER TABLE {side} RENAME TO {name}")
     if table_exists(spark, name):
-        spark.sql(f"DROP TABLE {side}")
-    else:
-        spark.sql(f"ALTER TABLE {side} RENAME TO {name}")
+        _clear_uncommitted(spark, name)
+
+
+def _clear_uncommitted(spark: SparkSession, name: str) -> None:
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:  # Spark Connect: no JVM here; the server's committer cleans up on the next job
+        return
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").where("col_name = 'Location'").collect()
+    if not rows:
+        return
+    path = jvm.org.apache.hadoop.fs.Path(rows[0]["data_type"].rstrip("/") + "/_temporary")
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    if fs.exists(path):
+        fs.delete(path, True)
 
 
 def rewrite_without_failures(spark: SparkSession, name: str, table_format: str) -> int:

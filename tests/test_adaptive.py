@@ -50,14 +50,44 @@ def test_a_burst_of_429s_is_one_cut():
     assert rate.rate < first
 
 
-def test_probes_up_while_no_429_comes():
+def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, increase=0.01, interval=0.1)
+    rate = AdaptiveRate(clock=clock, probe=0.01, interval=0.1, decrease=0.9)
     deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
-    start = rate.rate
-    deliver(rate, clock, 100, 2.0)  # 20 intervals without a 429
-    assert rate.rate == pytest.approx(start * 1.01 ** 20, rel=0.05)
+    deliver(rate, clock, 10, 1.0)  # the first cap is a guess made while ramping up; a second one settles it
+    deliver(rate, clock, 100, 1.0)
+    clock.now += 1.0
+    deliver(rate, clock, 100, 0.5)
+    rate.rate_limited()
+    assert rate.cuts == 2
+    assert rate.ceiling == pytest.approx(100, rel=0.02) and rate.rate == pytest.approx(90, rel=0.02)
+    seen = []
+    for _ in range(20):
+        deliver(rate, clock, 100, 0.1)
+        seen.append(rate.rate)
+    below = [r for r in seen if r < rate.ceiling]
+    above = [r for r in seen if r >= rate.ceiling]
+    assert below == sorted(below) and len(below) <= 12  # back near the cap within about a second
+    steps = [b / a - 1 for a, b in zip(above, above[1:])]
+    assert steps == sorted(steps) and steps[-1] <= 0.1 + 1e-9  # each step above the cap bigger, capped
+
+
+def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    deliver(rate, clock, 50, 1.0)
+    rate.rate_limited()
+    first = rate.rate
+    deliver(rate, clock, 50, 1.05)
+    assert rate.rate > first * 1.1 ** 6  # 10% per interval: a low first guess is left behind quickly
+
+
+def test_no_pace_from_a_429_before_anything_was_delivered():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    rate.rate_limited()
+    assert rate.rate is None
 
 
 def test_pacing_spreads_requests_at_the_learned_rate():
@@ -74,7 +104,9 @@ def test_pacing_spreads_requests_at_the_learned_rate():
 def test_never_below_the_floor():
     clock = Clock()
     rate = AdaptiveRate(clock=clock, floor=2.0)
-    for _ in range(30):
+    deliver(rate, clock, 10, 1.0)
+    rate.rate_limited()
+    for _ in range(100):
         clock.now += 1.0
         rate.rate_limited()
     assert rate.rate == 2.0

@@ -348,12 +348,22 @@ def test_a_429_pauses_the_whole_pool():
     assert t.sleeps == [pytest.approx(5.0)] * 4
 
 
-def test_a_429_cuts_the_in_flight_limit():
+def test_a_429_after_answers_paces_the_pool_below_what_was_delivered():
     t = FakeTime()
-    script = Script(status(429, headers={"Retry-After": "1"}))
+    script = Script(status(429, headers={"Retry-After": "0.01"}))
+    script.steps = [script.answer] * 20 + script.steps  # 20 answers, then the 429
     client = mock_client(script, t, max_concurrency=10)
-    call(client)
-    assert client.flow.limit.limit == pytest.approx(7.0 + 1 / 7.0)  # cut by 30%, then one success grows it
+
+    async def go():
+        for i in range(20):  # 20 answers within the last half second: about 40 per second delivered
+            await client.call([f"q{i}"])
+            t.now += 0.02
+        await client.call(["the one that hits the cap"])
+        await client.aclose()
+
+    run(go())
+    assert client.flow.pace.rate == pytest.approx(0.95 * 20 / 0.5, rel=0.05)
+    assert not client.flow.limit.slow_start and client.flow.limit.limit == 10  # the cap is not what is cut
 
 
 def test_in_flight_cap_holds():
