@@ -66,7 +66,7 @@ class AdaptiveRate:
             return
         rate = self.budget.rate
         if rate < self.ceiling:  # recovering: close a good part of the gap to the last known cap
-            rate += max((self.ceiling - rate) * 0.3, rate * self.probe)
+            rate = min(self.ceiling, rate + max((self.ceiling - rate) * 0.5, rate * 0.01))
         elif self.cuts < 2:  # the first cap came while the pool was still ramping up: look further
             rate *= 1.1
         else:  # probing for more: small steps right after the cap, larger the longer no 429 comes
