@@ -13,11 +13,18 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from .errors import ConfigError
+
 __all__ = ["local_session"]
 
 
 def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
                   app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
+    if master.startswith("sc://") or "SPARK_CONNECT_MODE_ENABLED" in os.environ or "SPARK_REMOTE" in os.environ:
+        # PySpark would hand back a Connect session (or fail on its missing SparkContext) instead.
+        raise ConfigError("local_session starts a classic Spark with its own JVM, but this process is a Spark "
+                          "Connect client: use SparkSession.builder.remote('sc://host:port').getOrCreate() "
+                          "(one Python process holds either a classic or a Connect session)")
     warehouse = Path(warehouse).resolve()
     warehouse.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

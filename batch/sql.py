@@ -21,6 +21,7 @@ import re
 from typing import Any, Callable
 
 import pandas as pd
+from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
@@ -29,12 +30,12 @@ from .arguments import QuerySpec, build_spec
 from .config import get_endpoint, registry
 from .engine import answer_rows
 from .errors import ConfigError
-from .functions import rate_share
+from .functions import SLOTS_CONF, rate_share, task_slots
 from .runtime import worker_runtime
 from .udf import make_udf, request_values, result_sql, rows_to_frame
 
 __all__ = ["register", "sql", "rewrite", "literal", "bind_arguments", "typed_call", "register_spec",
-           "udf_name", "first", "freeze", "answer_series", "HANDLERS"]
+           "udf_name", "first", "freeze", "answer_series", "pin_task_slots", "worker_share", "HANDLERS"]
 
 ARGUMENTS = ("endpoint", "request", "returnType", "failOnError", "modelParameters", "responseFormat")
 
@@ -57,6 +58,7 @@ def register(spark: SparkSession, name: str = "ai_query") -> None:
                          first(responseFormat))
         return answer_series(spec, request_values(request, spec))
 
+    pin_task_slots(spark)
     spark.udf.register(name, pandas_udf(ai_query, T.StringType()).asNondeterministic())
     from .tasks import register_tasks  # the task functions build on this module
     register_tasks(spark)
@@ -70,9 +72,32 @@ def first(series: pd.Series | None) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value  # numpy scalars and arrays to Python
 
 
-def answer_series(spec: QuerySpec, values: list[Any]) -> pd.Series:
+def pin_task_slots(spark: SparkSession) -> None:
+    """Record the task slot count in the session conf, unless it is set already.
+
+    A function registered for raw ``spark.sql`` meets its endpoint only inside a task, where no
+    session can say how many tasks share a budget. Spark hands every task the session's ``spark.*``
+    settings as local properties, so the count pinned here is what ``worker_share`` reads there.
+    """
+    try:
+        if spark.conf.get(SLOTS_CONF, None) is None:
+            spark.conf.set(SLOTS_CONF, str(task_slots(spark)))
+    except Exception:  # a server that refuses the setting leaves each task the whole budget, as before
+        pass
+
+
+def worker_share(config: Any) -> float:
+    """Inside a task: this task's part of the endpoint's per-minute budgets (see ``pin_task_slots``)."""
+    if not (config.requests_per_minute or config.tokens_per_minute):
+        return 1.0
+    context = TaskContext.get()
+    value = context.getLocalProperty(SLOTS_CONF) if context is not None else None
+    return 1.0 / int(value) if value and value.isdigit() and int(value) > 0 else 1.0
+
+
+def answer_series(spec: QuerySpec, values: list[Any], share: float | None = None) -> pd.Series:
     runtime = worker_runtime()
-    client = runtime.client(spec.endpoint, 1.0)
+    client = runtime.client(spec.endpoint, worker_share(spec.endpoint) if share is None else share)
     outcomes = runtime.run(answer_rows(client, values, params=spec.params, response_format=spec.response_format,
                                        convert=spec.converter()))
     return rows_to_frame(outcomes, spec, with_metadata=False)

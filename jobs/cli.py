@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only-failed", action="store_true",
                      help="answer again only the rows that failed in earlier runs")
     run.add_argument("--max-rows", type=int, help="answer at most this many rows in this run")
-    run.add_argument("--master", help="Spark master (default: the spec's, or local[*])")
+    run.add_argument("--master", help="Spark master, or sc://host:port for Spark Connect (default: the spec's, "
+                                      "or local[*])")
     run.add_argument("--endpoints", type=Path, help=f"endpoint registry file (default: ${REGISTRY_ENV} or "
                                                     "conf/endpoints.yaml)")
     run.add_argument("--run-id", help="an id for this run (default: random)")
@@ -45,10 +46,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def session_for(spec: JobSpec, master: str | None = None):
-    """Under spark-submit, the session it configured; otherwise the embedded default (local warehouse)."""
+    """Under spark-submit, the session it configured; a Spark Connect session for an ``sc://`` master
+    (or ``$SPARK_REMOTE``); otherwise the embedded default (local warehouse)."""
     from pyspark.sql import SparkSession
 
-    if "PYSPARK_GATEWAY_PORT" in os.environ:  # launched by spark-submit: keep its master and settings
+    remote = master or (spec.master if spec.master.startswith("sc://") else os.environ.get("SPARK_REMOTE"))
+    if remote and remote.startswith("sc://"):  # tables live in the server's catalog and warehouse
+        spark = SparkSession.builder.remote(remote).getOrCreate()
+        for key, value in spec.spark_conf.items():
+            spark.conf.set(key, value)
+        return spark
+    if "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        # launched by spark-submit or as a Databricks Python task: keep its master, catalog and settings
         spark = SparkSession.builder.appName(spec.name).getOrCreate()
         for key, value in spec.spark_conf.items():
             spark.conf.set(key, value)
