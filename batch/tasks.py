@@ -31,7 +31,8 @@ from .engine import Memo, RowOutcome, answer_rows
 from .errors import ConfigError
 from .functions import query_column, rate_share
 from .runtime import worker_runtime
-from .sql import HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name
+from .sql import (HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name,
+                  worker_share)
 from .udf import pipelined, raise_failures, request_values
 
 __all__ = ["ai_analyze_sentiment", "ai_classify", "ai_extract", "ai_fix_grammar", "ai_gen", "ai_mask",
@@ -94,7 +95,8 @@ class SimilarityTask:
 
     def series(self, expr1: pd.Series, expr2: pd.Series) -> pd.Series:
         runtime = worker_runtime()
-        future = _embed_pair(runtime, runtime.client(self.spec.endpoint, 1.0), self.spec, expr1, expr2)
+        future = _embed_pair(runtime, runtime.client(self.spec.endpoint, worker_share(self.spec.endpoint)), self.spec,
+                             expr1, expr2)
         return cosines(future.result())
 
 
