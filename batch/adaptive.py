@@ -21,11 +21,12 @@ from .budget import RateBudget
 __all__ = ["AdaptiveRate"]
 
 MAX_STREAK = 10
+MIN_SAMPLES = 20
 
 
 class AdaptiveRate:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: float = 0.5,
-                 decrease: float = 0.95, probe: float = 0.003, interval: float = 0.1,
+                 decrease: float = 0.95, probe: float = 0.01, interval: float = 0.1,
                  floor: float = 0.5) -> None:
         """``decrease``: the pace after a 429, as a share of what was delivered. ``probe``: the first step
         above that level per ``interval`` without a 429 (it grows by the same amount every interval)."""
@@ -35,6 +36,7 @@ class AdaptiveRate:
         self.ceiling = 0.0   # the delivered rate when the last 429 came: our best guess of the cap
         self.cuts = 0        # how many times the pace was cut, so waiters can tell their booking went stale
         self._done: deque[float] = deque()
+        self._sent: deque[float] = deque()
         self._last_change = self._last_cut = float("-inf")
         self._streak = 0
         self._first: float | None = None
@@ -59,9 +61,11 @@ class AdaptiveRate:
 
     def success(self) -> None:
         now = self.clock()
+        if not self._done or now - self._done[-1] > self.window:
+            self._first = now  # after a quiet spell, measure the new busy period on its own
         self._done.append(now)
-        if self._first is None:
-            self._first = now
+        if self._done[0] < now - 2 * self.window:
+            self.delivered()
         if self.budget is None or now - self._last_change < self.interval:
             return
         rate = self.budget.rate
@@ -80,14 +84,35 @@ class AdaptiveRate:
         if now - self._last_cut < self.window:
             return
         delivered = self.delivered()
-        if self.budget is None and delivered == 0:
-            return  # nothing to learn from yet: the server's Retry-After pause is the answer
-        current = self.budget.rate if self.budget else delivered
-        self.ceiling = delivered if delivered > 0 else current * self.decrease
+        if len(self._done) < MIN_SAMPLES:
+            delivered = 0.0  # too few answers to measure anything
+        if self.budget is None:
+            sent = self._rate_of(self._sent, now)
+            if delivered == 0 and len(self._sent) < MIN_SAMPLES:
+                return  # nothing to learn from yet: the server's Retry-After pause is the answer
+            current = delivered or sent
+        else:
+            current = self.budget.rate
         self._last_cut, self._streak = now, 0
         self.cuts += 1
-        self._set(max(self.floor, min(current, self.ceiling) * self.decrease), now)
+        if delivered == 0:  # everything refused: halve what we send until something gets through
+            self._set(max(self.floor, current * 0.5), now)
+        else:  # never more than halve at once: one odd measurement must not throttle the pool for long
+            self.ceiling = delivered
+            self._set(max(self.floor, min(current, delivered) * self.decrease, current * 0.5), now)
         self.budget.restart()  # bookings made at the old pace are void: waiters book again
+
+    def sent(self) -> None:
+        """A request went out: while nothing is answered, what we send is all there is to go by."""
+        now = self.clock()
+        self._sent.append(now)
+        if self._sent[0] < now - 2 * self.window:  # keep only the recent past, whatever the volume
+            self._rate_of(self._sent, now)
+
+    def _rate_of(self, stamps: deque[float], now: float) -> float:
+        while stamps and stamps[0] < now - self.window:
+            stamps.popleft()
+        return len(stamps) / self.window
 
     def _set(self, rate: float, now: float) -> None:
         self._last_change = now

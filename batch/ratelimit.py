@@ -28,6 +28,7 @@ from .budget import Clock, RateBudget
 __all__ = ["RateBudget", "AdaptiveLimit", "FlowControl", "INITIAL_IN_FLIGHT"]
 
 INITIAL_IN_FLIGHT = 64
+IDLE_RESTART = 2.0  # seconds without a request in flight after which the pool learns the endpoint afresh
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -104,15 +105,19 @@ class FlowControl:
         self.tokens = (RateBudget(tokens_per_second, burst=tokens_per_second, clock=clock)
                        if tokens_per_second else None)
         self.paused_until = 0.0
+        self.last_done = clock()
 
     async def admit(self, estimated_tokens: int = 0) -> None:
         """Wait for a slot, then for the pause and the budgets; the slot is held until ``done``."""
+        if self.limit.in_flight == 0 and self.clock() - self.last_done > IDLE_RESTART:
+            self._restart()
         await self.limit.acquire()
         try:
             await self._wait_turn(estimated_tokens)
         except BaseException:
             self.limit.release()
             raise
+        self.pace.sent()
 
     async def _wait_turn(self, estimated_tokens: int) -> None:
         now = self.clock()
@@ -133,7 +138,15 @@ class FlowControl:
             if self.pace.cuts == cuts and self.paused_until <= paused:
                 return
 
+    def _restart(self) -> None:
+        """After a long quiet spell (a new Spark job in a reused worker), learn the endpoint afresh:
+        what was learned may no longer hold, and a stale pace would throttle or flood the new work."""
+        self.pace = AdaptiveRate(clock=self.clock)
+        self.limit.limit = float(min(self.limit.maximum, INITIAL_IN_FLIGHT))
+        self.limit.slow_start = True
+
     def done(self, latency: float | None, *, rate_limited: bool = False, token_error: int = 0) -> None:
+        self.last_done = self.clock()
         if self.tokens and token_error:
             self.tokens.adjust(token_error)
         if rate_limited:

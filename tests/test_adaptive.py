@@ -59,9 +59,10 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     deliver(rate, clock, 100, 1.0)
     clock.now += 1.0
     deliver(rate, clock, 100, 0.5)
+    before = rate.rate
     rate.rate_limited()
-    assert rate.cuts == 2
-    assert rate.ceiling == pytest.approx(100, rel=0.02) and rate.rate == pytest.approx(90, rel=0.02)
+    assert rate.cuts == 2 and rate.ceiling == pytest.approx(100, rel=0.05)
+    assert rate.rate == pytest.approx(max(0.9 * rate.ceiling, before / 2), rel=0.01)  # never more than halved
     seen = []
     for _ in range(20):
         deliver(rate, clock, 100, 0.1)
@@ -81,6 +82,19 @@ def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
     first = rate.rate
     deliver(rate, clock, 50, 1.05)
     assert rate.rate > max(first, rate.ceiling) * 1.25  # 10% steps: a low first guess is left behind quickly
+
+
+def test_when_everything_is_refused_the_pace_halves_what_was_sent():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    for _ in range(400):  # 800 requests a second go out, none is answered
+        clock.now += 1 / 800
+        rate.sent()
+    rate.rate_limited()
+    assert rate.rate == pytest.approx(400, rel=0.05)
+    clock.now += 0.6
+    rate.rate_limited()
+    assert rate.rate == pytest.approx(200, rel=0.05)
 
 
 def test_no_pace_from_a_429_before_anything_was_delivered():
@@ -104,7 +118,7 @@ def test_pacing_spreads_requests_at_the_learned_rate():
 def test_never_below_the_floor():
     clock = Clock()
     rate = AdaptiveRate(clock=clock, floor=2.0)
-    deliver(rate, clock, 10, 1.0)
+    deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
     for _ in range(100):
         clock.now += 1.0
