@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/client_transport.py
+	$(PY) benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) spark-warehouse metastore_db derby.log .pytest_cache

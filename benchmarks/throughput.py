@@ -241,9 +241,12 @@ SCENARIOS = ("saturation", "latency", "cpu", "scale", "overhead", "baselines", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenarios", nargs="*", choices=SCENARIOS, default=[], metavar="scenario")
+    parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="fewer rows, for a fast look")
     args = parser.parse_args()
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     bench = Bench(args.quick)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2]")
     for name in args.scenarios or SCENARIOS:
