@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pandas as pd  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 import batch  # noqa: E402
@@ -182,7 +183,6 @@ class Bench:
 
     def baselines(self) -> None:
         import httpx
-        import pandas as pd
         from concurrent.futures import ThreadPoolExecutor
         from pyspark.sql.functions import pandas_udf, udf
 
