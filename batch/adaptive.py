@@ -22,6 +22,7 @@ __all__ = ["AdaptiveRate"]
 
 MAX_STREAK = 10
 MIN_SAMPLES = 20
+PEAK_HALF_LIFE = 30.0
 
 
 class AdaptiveRate:
@@ -37,6 +38,7 @@ class AdaptiveRate:
         self.cuts = 0        # how many times the pace was cut, so waiters can tell their booking went stale
         self._done: deque[float] = deque()
         self._sent: deque[float] = deque()
+        self._best, self._best_at = 0.0, 0.0
         self._last_change = self._last_cut = float("-inf")
         self._streak = 0
         self._first: float | None = None
@@ -95,12 +97,23 @@ class AdaptiveRate:
             current = self.budget.rate
         self._last_cut, self._streak = now, 0
         self.cuts += 1
+        # 429s that come whatever our pace (a limit shared with others, injected faults) would walk the
+        # pace down cut after cut; half the best rate seen lately is kept unless nothing gets through.
+        keep = self._peak(delivered, now) * 0.5
         if delivered == 0:  # everything refused: halve what we send until something gets through
             self._set(max(self.floor, current * 0.5), now)
         else:  # never more than halve at once: one odd measurement must not throttle the pool for long
             self.ceiling = delivered
-            self._set(max(self.floor, min(current, delivered) * self.decrease, current * 0.5), now)
+            self._set(max(self.floor, keep, min(current, delivered) * self.decrease, current * 0.5), now)
         self.budget.restart()  # bookings made at the old pace are void: waiters book again
+
+    def _peak(self, delivered: float, now: float) -> float:
+        """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
+        faded = self._best * 0.5 ** ((now - self._best_at) / PEAK_HALF_LIFE) if self._best else 0.0
+        if delivered >= faded:
+            self._best, self._best_at = delivered, now
+            return delivered
+        return faded
 
     def sent(self) -> None:
         """A request went out: while nothing is answered, what we send is all there is to go by."""

@@ -117,9 +117,7 @@ class EndpointClient:
                 return result
             delay = retry_delay(attempts - 1, self.policy, error.retry_after, self._rand())
             log.debug("retrying %s in %.3fs after attempt %d: %s", self.config.name, delay, attempts, error)
-            if limited:
-                self.flow.pause(delay)
-            else:
+            if not (limited and self.flow.pause(delay)):
                 await self._sleep(delay)
 
     async def _attempt(self, body: bytes, count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:

@@ -1,6 +1,7 @@
 """From a batch of row values to endpoint calls and back: one outcome per row, in row order.
 
-NULL rows make no call; identical rows share one call, within a batch and (through a
+NULL rows make no call, and blank ones (empty or whitespace only) fail without one;
+identical rows share one call, within a batch and (through a
 ``Memo``) across the batches of a task, so nothing is paid for twice;
 embeddings and custom-model rows are packed many to a request. When a packed request
 is refused outright (say one over-long text), its rows are retried one by one so the
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .client import CallResult, EndpointClient
-from .errors import EndpointError, HTTPRequestError
+from .errors import EmptyRequestError, EndpointError, HTTPRequestError
 from .wire import MULTI_INPUT_TASKS
 
 __all__ = ["RowOutcome", "answer_rows", "Memo", "MEMO_ENTRIES"]
@@ -100,6 +101,7 @@ async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
     """``convert`` turns an answer into the row's value; an ``EndpointError`` from it fails that row only."""
     groups, uniques = _group(values)
     outcomes = [RowOutcome() for _ in values]
+    uniques = _refuse_blank(client.config.name, uniques, groups, outcomes)
     earlier = {key: memo.get(key) for key, _ in uniques} if memo is not None else {}
     fresh = [(key, value) for key, value in uniques if earlier.get(key) is None]
     promises = _promise(memo, fresh)
@@ -113,6 +115,47 @@ async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
         if future is not None:
             _fill(outcomes, groups[key], await future, paid=False)
     return outcomes
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and (not value or value.isspace())
+
+
+def _refuse_blank(endpoint: str, uniques: list[tuple[Any, Any]], groups: dict[Any, list[int]],
+                  outcomes: list[RowOutcome]) -> list[tuple[Any, Any]]:
+    """A blank prompt would be paid for and answer nothing (embedding APIs refuse it outright), so its rows
+    fail where they stand and the rest of the batch is asked as usual."""
+    if not any(_blank(value) for _, value in uniques):
+        return uniques
+    kept = []
+    for key, value in uniques:
+        if not _blank(value):
+            kept.append((key, value))
+            continue
+        what = "empty" if not value else "only whitespace"
+        error = EmptyRequestError(endpoint, f"the request is {what}, so it was not sent (a NULL request gives a "
+                                  "NULL answer; filter such rows out or make them NULL)")
+        for index in groups[key]:
+            outcomes[index] = RowOutcome(error=error)
+    return kept
+
+
+def _sendable(value: Any) -> Any:
+    """Text UTF-8 can carry. Lone surrogates (Python code can make them; Arrow never does) would fail the JSON
+    encoding of the whole request, so they become U+FFFD, and split surrogate pairs are joined."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {k: _sendable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_sendable(v) for v in value]
+    return value
 
 
 def _promise(memo: Memo | None, fresh: list[tuple[Any, Any]]) -> dict[Any, asyncio.Future]:
@@ -131,7 +174,8 @@ async def _ask(client: EndpointClient, fresh: list[tuple[Any, Any]], groups: dic
                convert: Callable[[Any], Any] | None) -> None:
     size = client.config.batch_size if client.config.task in MULTI_INPUT_TASKS else 1
     chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
-    results = await asyncio.gather(*(_call_chunk(client, [value for _, value in chunk], params, response_format)
+    results = await asyncio.gather(*(_call_chunk(client, [_sendable(value) for _, value in chunk], params,
+                                                 response_format)
                                      for chunk in chunks))
     for chunk, pieces in zip(chunks, results):
         for (key, _), (result, share, first) in zip(chunk, pieces):

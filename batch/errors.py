@@ -16,7 +16,8 @@ Messages carry the Databricks error class where one fits, so that users who know
         │   └── ServerError            408, 500, 502, 503, 504: transient, retried
         ├── TransportError             timeouts, refused or dropped connections
         ├── InvalidResponseError       AI_FUNCTION_INVALID_HTTP_RESPONSE: 200 with a body we cannot read
-        └── ParseCastError             AI_FUNCTION_HTTP_PARSE_CAST_ERROR: answer does not fit returnType
+        ├── ParseCastError             AI_FUNCTION_HTTP_PARSE_CAST_ERROR: answer does not fit returnType
+        └── EmptyRequestError          a blank request, refused before any call
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "TransportError",
     "InvalidResponseError",
     "ParseCastError",
+    "EmptyRequestError",
     "status_error",
 ]
 
@@ -131,6 +133,12 @@ class InvalidResponseError(EndpointError):
 
 class ParseCastError(EndpointError):
     error_class = "AI_FUNCTION_HTTP_PARSE_CAST_ERROR"
+
+
+class EmptyRequestError(EndpointError):
+    """An empty or whitespace-only request would be paid for and answer nothing; NULL is the way to skip a row."""
+
+    error_class = "EMPTY_REQUEST"
 
 
 TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})

@@ -28,6 +28,7 @@ from .budget import Clock, RateBudget
 __all__ = ["RateBudget", "AdaptiveLimit", "FlowControl", "INITIAL_IN_FLIGHT"]
 
 INITIAL_IN_FLIGHT = 64
+POOL_PAUSE_GAP = 0.5
 IDLE_RESTART = 2.0  # seconds without a request in flight after which the pool learns the endpoint afresh
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -155,13 +156,24 @@ class FlowControl:
             self.pace.success()
         self.limit.release(latency, rate_limited=rate_limited)
 
-    def pause(self, seconds: float) -> None:
-        """The server said "wait": nobody in this pool starts a request before then."""
-        until = self.clock() + seconds
-        self.paused_until = max(self.paused_until, until)
+    def pause(self, seconds: float) -> bool:
+        """The server said "wait": nobody in this pool starts a request before then.
+
+        At most one pool-wide pause per ``POOL_PAUSE_GAP`` after the last one ended: 429s that keep
+        coming whatever we do (a shared limit) would otherwise hold the pool still; the pace is the
+        lasting answer. Returns False when only the caller should wait.
+        """
+        now = self.clock()
+        until = now + seconds
+        if until <= self.paused_until:
+            return True
+        if now < self.paused_until + POOL_PAUSE_GAP and self.paused_until > 0:
+            return False
+        self.paused_until = until
         for budget in (self.requests, self.pace.budget):
             if budget:
                 budget.push_back(until)
+        return True
 
     def __repr__(self) -> str:
         return f"FlowControl({self.limit!r}, {self.pace!r}, requests={self.requests!r}, tokens={self.tokens!r})"

@@ -18,6 +18,7 @@ import collections
 from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import Column
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
@@ -76,21 +77,61 @@ def request_values(batch: pd.Series | pd.DataFrame, spec: QuerySpec) -> list[Any
     """Plain Python values for the wire: text per row, or one record (dict) per row for custom models."""
     if isinstance(batch, pd.DataFrame):
         return _records(batch, spec)
-    if spec.request_is_struct:
-        raise InvalidRequestTypeError(f"custom model endpoint '{spec.endpoint.name}' takes a STRUCT request "
-                                      "(named_struct(...) / F.struct(...)) whose fields are the model's inputs")
     kind = pd.api.types.infer_dtype(batch, skipna=True) if len(batch) else "empty"
+    if spec.request_is_struct:
+        column = "STRING" if kind in _TEXT_KINDS else _column_type(batch, kind)
+        raise InvalidRequestTypeError(f"custom model endpoint '{spec.endpoint.name}' takes a STRUCT request "
+                                      "(named_struct(...) / F.struct(...)) whose fields are the model's inputs, "
+                                      f"but the request column is {column}")
     if kind not in _TEXT_KINDS:
+        column = _column_type(batch, kind)
+        hint = ("decode it: decode(col, 'UTF-8'), or make_valid_utf8(CAST(col AS STRING)) when the bytes may not "
+                "be UTF-8" if column == "BINARY" else "cast it: CAST(col AS STRING)")
         raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
-                                      f"request, got {kind} values: cast the column to string")
+                                      f"request, but the request column is {column}: {hint}")
     return batch.tolist()
+
+
+# What Arrow hands pandas for each Spark type; integers with NULLs arrive as float64.
+_NUMPY_NAMES = {"int8": "TINYINT", "int16": "SMALLINT", "int32": "INT", "int64": "BIGINT", "float32": "FLOAT",
+                "float64": "DOUBLE (or an integer column with NULLs)", "bool": "BOOLEAN"}
+_INFERRED_NAMES = {"bytes": "BINARY", "boolean": "BOOLEAN", "integer": "an integer type", "floating": "DOUBLE",
+                   "decimal": "DECIMAL", "date": "DATE", "datetime": "TIMESTAMP", "datetime64": "TIMESTAMP",
+                   "timedelta": "INTERVAL", "timedelta64": "INTERVAL"}
+
+
+def _column_type(batch: pd.Series, kind: str) -> str:
+    """The Spark type a batch came from, as near as its pandas form tells: the message names what users wrote."""
+    if batch.dtype.kind == "M":
+        return "TIMESTAMP"
+    named = _NUMPY_NAMES.get(str(batch.dtype)) or _INFERRED_NAMES.get(kind)
+    return named or f"not text ({kind} values: an ARRAY, a MAP or mixed types)"
+
+
+def readable(batches: Iterable[Any], spec: QuerySpec) -> Iterator[Any]:
+    """The input batches, with Arrow's refusal of bytes that are not UTF-8 (a BINARY cast to STRING keeps them)
+    turned into an error that says what to do: otherwise it names no column and no fix."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except pa.ArrowException as exc:
+            if "Wrapping" not in str(exc):
+                raise
+            raise InvalidRequestTypeError(
+                f"endpoint '{spec.endpoint.name}': the request column holds bytes that are not valid UTF-8 (a "
+                "BINARY cast to STRING keeps them as they are); clean it with make_valid_utf8(col) or "
+                "decode(col, 'UTF-8'), or find the rows with NOT is_valid_utf8(col)") from None
+        yield batch
 
 
 def _records(batch: pd.DataFrame, spec: QuerySpec) -> list[Any]:
     """A struct whose fields are all NULL is a NULL request: Arrow hands both to pandas the same way."""
     if not spec.request_is_struct:
         raise InvalidRequestTypeError(f"endpoint '{spec.endpoint.name}' ({spec.endpoint.task}) takes a STRING "
-                                      "request, got a STRUCT column")
+                                      "request, but the request column is a STRUCT")
     empty = batch.isna().all(axis=1).tolist()
     records = batch.astype(object).where(batch.notna(), None).to_dict("records")
     return [None if blank else record for blank, record in zip(empty, records)]
@@ -156,7 +197,8 @@ def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float 
             return runtime.submit(answer_rows(client, request_values(batch, spec), params=params,
                                               response_format=response_format, convert=convert, memo=memo))
 
-        yield from pipelined(batches, start, lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))
+        yield from pipelined(readable(batches, spec), start,
+                             lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))
 
     run.__name__ = run.__qualname__ = name
     return pandas_udf(run, udf_type(spec, with_metadata)).asNondeterministic()

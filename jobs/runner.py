@@ -112,8 +112,11 @@ def _check_input(df: DataFrame, spec: JobSpec) -> None:
         if wants_struct != isinstance(data_type, T.StructType) or (not wants_struct and
                                                                    not isinstance(data_type, T.StringType)):
             want = "a STRUCT of the model's inputs" if wants_struct else "STRING"
+            hint = (" (decode it: decode(col, 'UTF-8'), or make_valid_utf8(CAST(col AS STRING)))"
+                    if isinstance(data_type, T.BinaryType) else "")
             raise ConfigError(f"output '{output.name}': endpoint '{output.query.endpoint.name}' takes {want}, but "
-                              f"the request is {data_type.simpleString()}", source=spec.source, line=output.line)
+                              f"the request is {data_type.simpleString().upper()}{hint}", source=spec.source,
+                              line=output.line)
 
 
 def _stage(spark: SparkSession, spec: JobSpec, pending: DataFrame, staging: str) -> dict[int, int]:

@@ -93,3 +93,92 @@ def task_defaults(endpoints, monkeypatch):
     monkeypatch.setitem(registry.defaults, "chat", "chat")
     monkeypatch.setitem(registry.defaults, "embeddings", "embed")
     return dict(registry.defaults)
+
+
+# ---------------------------------------------------------------- one job process, crashed mid-chunk
+
+def _pyspark_workers(session: int) -> list[int]:
+    """PySpark's forked Python workers in a process session: ``pyspark.daemon`` processes whose parent is one too."""
+    def stat(pid: str) -> list[str]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return []
+
+    def is_daemon(pid: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"pyspark.daemon" in f.read()
+        except OSError:
+            return False
+    daemons = {pid for pid in os.listdir("/proc") if pid.isdigit() and (stat(pid) or [0] * 4)[3] == str(session)
+               and is_daemon(pid)}
+    return [int(pid) for pid in daemons if (stat(pid) or [0, 0])[1] in daemons]
+
+
+@pytest.fixture(scope="session")
+def crashed_job(server, token, tmp_path_factory):
+    """A job process (``python -m jobs run``, master ``local[2,4]`` so a task may fail four times) whose Python
+    workers are SIGKILLed while the second of two chunks is in flight.
+
+    Run once for the crash test (tests/test_reliability.py) and the secrets test (tests/test_secrets.py): its
+    endpoint needs the bearer token, four rows are refused by the endpoint (row errors, the run still succeeds),
+    and its event log is written uncompressed so both can read it.
+    """
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    if not JAVA:
+        pytest.skip("java is not installed: Spark tests need a JDK (17 or 21)")
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path_factory.mktemp("crashed-job")
+    rows, chunk = 40, 20
+    prompts = [f"worker crash prompt {i}" + (" [[fail:403]]" if i % 10 == 7 else "") for i in range(rows)]
+    (work / "rows.json").write_text("".join(json.dumps({"id": i, "body": p}) + "\n" for i, p in enumerate(prompts)))
+    endpoints = work / "endpoints.yaml"
+    endpoints.write_text(yaml.safe_dump({"endpoints": {"crash-chat": {
+        "api": "openai", "base_url": server.url + "/v1", "token_env": TOKEN_ENV, "max_concurrency": 2,
+        "max_retries": 3, "initial_backoff": 0.01}}}))
+    events, warehouse = work / "events", work / "warehouse"
+    events.mkdir()
+    spec = work / "crash.yaml"
+    spec.write_text(yaml.safe_dump({
+        "job": "crash", "input": {"path": str(work / "rows.json"), "format": "json", "key": "id"},
+        "outputs": {"answer": {"endpoint": "crash-chat", "request": "body"}},
+        "results": {"table": "crash.answers"}, "usage": {"table": "crash.usage"}, "commit_every": chunk,
+        "limits": {"max_error_fraction": 0.5},
+        "spark": {"master": "local[2,4]", "warehouse": str(warehouse), "conf": {
+            "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events), "spark.eventLog.compress": "false"}}}))
+    server.configure(latency_ms=200, latency_jitter_ms=0, fault_rate=0.0, rate_limit=0, token=token)
+    server.reset()
+    log = work / "job.log"
+    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(root))
+    job = subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet"], cwd=root, env=env,
+                           stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    killed: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while not killed and time.monotonic() < deadline and job.poll() is None:
+            stats = server.stats()
+            if stats["answered"] >= chunk + 5 and stats["in_flight"] > 0:  # inside the second chunk
+                for pid in _pyspark_workers(job.pid):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.05)
+        returncode = job.wait(timeout=300)
+        calls = server.prompts()["calls"]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=30)
+        server.configure(latency_ms=0, token=None)
+        server.reset()
+    return dict(returncode=returncode, killed=killed, log=log, events=events, warehouse=warehouse, rows=rows,
+                chunk=chunk, prompts=prompts, calls=calls, endpoints=endpoints, spec=spec)
