@@ -11,7 +11,6 @@ for again.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,12 +25,10 @@ from batch.functions import query_column, task_slots
 
 from . import tables
 from .progress import Progress
-from .spec import JobSpec, OutputSpec
+from .spec import PLACEHOLDER, JobSpec, OutputSpec
 from .usage import EndpointUsage, Price, chunk_totals, load_prices, summarize, usage_rows, write_usage
 
 __all__ = ["RunResult", "run_job", "read_input", "request_column"]
-
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
 @dataclass
@@ -78,7 +75,7 @@ def request_column(output: OutputSpec) -> Column:
     parts: list[Column] = []
     last = 0
     text = output.prompt
-    for m in _PLACEHOLDER.finditer(text):
+    for m in PLACEHOLDER.finditer(text):
         literal = text[last:m.start()] + ("{" if m.group(0) == "{{" else "}" if m.group(0) == "}}" else "")
         if literal:
             parts.append(F.lit(literal))

@@ -24,7 +24,8 @@ MODES = ("resume", "append", "overwrite")
 FORMATS = ("parquet", "delta", "iceberg", "orc")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+# A prompt template: {column} placeholders, {{ and }} for literal braces.
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class OutputSpec:
     def template_columns(self) -> list[str]:
         if self.prompt is None:
             return []
-        return [m.group(1).strip() for m in _PLACEHOLDER.finditer(self.prompt) if m.group(1) is not None]
+        return [m.group(1).strip() for m in PLACEHOLDER.finditer(self.prompt) if m.group(1) is not None]
 
 
 @dataclass(frozen=True)
