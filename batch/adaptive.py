@@ -3,137 +3,250 @@
 A rate cap answers 429 quickly, so a client that only limits concurrency keeps
 re-sending into a full bucket and most of its traffic becomes 429s. Pacing on a
 rate avoids that: a 429 sets the pace a little below what was actually delivered in the
-last moment (a good estimate of our share of the cap); while no 429 comes, the
-pace climbs back quickly to that level and then creeps above it, in steps that
-grow the longer no 429 comes, to find spare capacity; the next 429 cuts it again.
-Requests already waiting for their turn book again at the new pace, so one cut
-is not followed by a volley booked at the old one.
+last moment (a good estimate of the cap); while no 429 comes, the pace climbs back
+quickly to that level and then creeps above it, in steps that grow the longer no
+429 comes, to find spare capacity; the next 429 cuts it again. Requests already
+waiting for their turn book again at the new pace, so one cut is not followed by
+a volley booked at the old one.
+
+The state lives in a ``Slab``: shared by every worker on the host when given a key,
+so that the workers of one machine learn one pace together, as one client.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Callable
 
-from .budget import RateBudget
+from .budget import after, book
+from .shared import Slab
 
 __all__ = ["AdaptiveRate"]
 
 MAX_STREAK = 10
 MIN_SAMPLES = 20
 PEAK_HALF_LIFE = 30.0
+LAYOUT = 3.0  # bumped when the cells below change meaning, so an old file is laid out afresh
+SLOTS = 25    # a window is counted in this many slots
+
+# Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
+(VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
+ FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED) = range(18)
+DONE_RING = 18
+SENT_RING = DONE_RING + 2 * (SLOTS + 1)
+SIZE = SENT_RING + 2 * (SLOTS + 1)
+NEVER = float("-inf")
 
 
 class AdaptiveRate:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: float = 0.5,
                  decrease: float = 0.95, probe: float = 0.01, interval: float = 0.1,
-                 floor: float = 0.5) -> None:
+                 floor: float = 0.5, share: str | None = None) -> None:
         """``decrease``: the pace after a 429, as a share of what was delivered. ``probe``: the first step
-        above that level per ``interval`` without a 429 (it grows by the same amount every interval)."""
+        above that level per ``interval`` without a 429 (it grows by the same amount every interval).
+        ``share``: a key naming the endpoint; every worker on the host with the same key shares the pace."""
         self.clock, self.window, self.decrease = clock, window, decrease
         self.probe, self.interval, self.floor = probe, interval, floor
-        self.budget: RateBudget | None = None  # None until the endpoint first says 429
-        self.ceiling = 0.0   # the delivered rate when the last 429 came: our best guess of the cap
-        self.cuts = 0        # how many times the pace was cut, so waiters can tell their booking went stale
-        self._done: deque[float] = deque()
-        self._sent: deque[float] = deque()
-        self._best, self._best_at = 0.0, 0.0
-        self._last_change = self._last_cut = float("-inf")
-        self._streak = 0
-        self._first: float | None = None
+        self.slot = window / SLOTS
+        self.slab = Slab(SIZE, share)
+        self.v = self.slab.values
+        now = clock()
+        self.slab.lock()
+        try:
+            # A file from another layout, or from before a reboot (the clock went back), is started afresh.
+            if self.v[VERSION] != LAYOUT or max(self.v[LAST_SENT], self.v[LAST_DONE]) > now:
+                self._reset()
+        finally:
+            self.slab.unlock()
+
+    def _reset(self) -> None:
+        v = self.v
+        for i in range(SIZE):
+            v[i] = 0.0
+        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT):
+            v[i] = NEVER
+        v[VERSION] = LAYOUT
 
     @property
     def rate(self) -> float | None:
-        return self.budget.rate if self.budget else None
+        return self.v[RATE] or None
+
+    @property
+    def ceiling(self) -> float:
+        """The delivered rate when the last 429 came: the best guess of the cap."""
+        return self.v[CEILING]
+
+    @property
+    def cuts(self) -> int:
+        """How many times the pace was cut, so waiters can tell their booking went stale."""
+        return int(self.v[CUTS])
 
     def delivered(self) -> float:
         """Successful answers per second over the last window."""
-        now = self.clock()
-        while self._done and self._done[0] < now - self.window:
-            self._done.popleft()
-        if self._first is None:
-            return 0.0
-        # Early on the window is not full yet: dividing by all of it would understate the rate.
-        return len(self._done) / max(min(self.window, now - self._first), self.interval)
+        return self._rate_of(DONE_RING, FIRST_DONE, self.clock())
 
     def reserve(self) -> float:
         """Seconds to wait before the next request may start (0 while no pace is set)."""
-        return self.budget.reserve(1.0) if self.budget else 0.0
+        v = self.v
+        if not v[RATE]:
+            return 0.0
+        self.slab.lock()
+        try:
+            v[NEXT], wait = book(v[NEXT], self.clock(), 1.0, v[RATE], v[BURST])
+        finally:
+            self.slab.unlock()
+        return wait
 
-    def success(self) -> None:
-        now = self.clock()
-        if not self._done or now - self._done[-1] > self.window:
-            self._first = now  # after a quiet spell, measure the new busy period on its own
-        self._done.append(now)
-        if self._done[0] < now - 2 * self.window:
-            self.delivered()
-        if self.budget is None or now - self._last_change < self.interval:
-            return
-        rate = self.budget.rate
-        if rate < self.ceiling:  # recovering: close a good part of the gap to the last known cap
-            rate = min(self.ceiling, rate + max((self.ceiling - rate) * 0.5, rate * 0.01))
-        elif self.cuts < 2:  # the first cap came while the pool was still ramping up: look further
-            rate *= 1.1
-        else:  # probing for more: small steps right after the cap, larger the longer no 429 comes
-            self._streak = min(self._streak + 1, MAX_STREAK)
-            rate *= 1.0 + self.probe * self._streak
-        self._set(rate, now)
+    def push_back(self, until: float) -> None:
+        """No request starts before ``until`` (the server asked the pool to wait)."""
+        v = self.v
+        self.slab.lock()
+        if v[RATE]:
+            v[NEXT] = max(v[NEXT], after(until, v[RATE], v[BURST]))
+        self.slab.unlock()
 
-    def rate_limited(self) -> None:
-        """One cut per window: a burst of 429s from one overshoot is one signal, not many."""
-        now = self.clock()
-        if now - self._last_cut < self.window:
-            return
-        delivered = self.delivered()
-        if len(self._done) < MIN_SAMPLES:
-            delivered = 0.0  # too few answers to measure anything
-        if self.budget is None:
-            sent = self._rate_of(self._sent, now)
-            if delivered == 0 and len(self._sent) < MIN_SAMPLES:
-                return  # nothing to learn from yet: the server's Retry-After pause is the answer
-            current = delivered or sent
-        else:
-            current = self.budget.rate
-        self._last_cut, self._streak = now, 0
-        self.cuts += 1
-        # 429s that come whatever our pace (a limit shared with others, injected faults) would walk the
-        # pace down cut after cut; half the best rate seen lately is kept unless nothing gets through.
-        keep = self._peak(delivered, now) * 0.5
-        if delivered == 0:  # everything refused: halve what we send until something gets through
-            self._set(max(self.floor, current * 0.5), now)
-        else:  # never more than halve at once: one odd measurement must not throttle the pool for long
-            self.ceiling = delivered
-            self._set(max(self.floor, keep, min(current, delivered) * self.decrease, current * 0.5), now)
-        self.budget.restart()  # bookings made at the old pace are void: waiters book again
-
-    def _peak(self, delivered: float, now: float) -> float:
-        """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
-        faded = self._best * 0.5 ** ((now - self._best_at) / PEAK_HALF_LIFE) if self._best else 0.0
-        if delivered >= faded:
-            self._best, self._best_at = delivered, now
-            return delivered
-        return faded
+    def forget(self, idle: float) -> bool:
+        """Start learning afresh if no worker of the host sent or received anything for ``idle`` seconds:
+        what was learned may no longer hold, and a stale pace would throttle or flood new work."""
+        v = self.v
+        self.slab.lock()
+        try:
+            if self.clock() - max(v[LAST_SENT], v[LAST_DONE]) <= idle:
+                return False
+            self._reset()
+            return True
+        finally:
+            self.slab.unlock()
 
     def sent(self) -> None:
         """A request went out: while nothing is answered, what we send is all there is to go by."""
+        v = self.v
         now = self.clock()
-        self._sent.append(now)
-        if self._sent[0] < now - 2 * self.window:  # keep only the recent past, whatever the volume
-            self._rate_of(self._sent, now)
+        self.slab.lock()
+        try:
+            if now - v[LAST_SENT] > self.window:
+                v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
+            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now)
+            v[SENT_SINCE] += 1.0
+        finally:
+            self.slab.unlock()
 
-    def _rate_of(self, stamps: deque[float], now: float) -> float:
-        while stamps and stamps[0] < now - self.window:
-            stamps.popleft()
-        return len(stamps) / self.window
+    def success(self) -> None:
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now)
+            rate = v[RATE]
+            if not rate or now - v[LAST_CHANGE] < self.interval or now - v[CHECKED] < self.interval:
+                return
+            # Sent since the last look, against what the pace allowed: when the pace is not what holds
+            # the pool back (few rows left, a slow endpoint), a higher one would be a guess nothing tested.
+            used = v[SENT_SINCE] + 1.0 >= 0.75 * rate * (now - max(v[CHECKED], v[FIRST_SENT]))
+            v[CHECKED], v[SENT_SINCE] = now, 0.0
+            if not used:
+                return
+            ceiling = v[CEILING]
+            if rate < ceiling:  # recovering: close a good part of the gap to the last known cap
+                rate = min(ceiling, rate + max((ceiling - rate) * 0.5, rate * 0.01))
+            elif v[MEASURED] < 2:  # no cap measured yet, or one taken while ramping up: look further, fast
+                rate *= 1.25 if not v[MEASURED] else 1.1
+            else:  # probing for more: small steps right after the cap, larger the longer no 429 comes
+                v[STREAK] = min(v[STREAK] + 1, MAX_STREAK)
+                rate *= 1.0 + self.probe * v[STREAK]
+            self._set(rate, now)
+        finally:
+            self.slab.unlock()
+
+    def rate_limited(self) -> None:
+        """One cut per window: a burst of 429s from one overshoot is one signal, not many."""
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            if now - v[LAST_CUT] < self.window:
+                return
+            rate = v[RATE]
+            # A rate needs enough answers over long enough: the first answers of a busy period come in
+            # one clump, a round trip after the opening volley, and say nothing about a rate.
+            measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and now - v[FIRST_DONE] >= self.interval
+            if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
+                return  # nothing to learn from yet: the server's Retry-After pause is the answer
+            v[LAST_CUT], v[STREAK] = now, 0.0
+            if measured:
+                delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
+                current = rate or delivered
+                # 429s that come whatever our pace (a limit shared with others, injected faults) would walk
+                # the pace down cut after cut; half the best rate seen lately is kept.
+                keep = self._peak(delivered, now) * 0.5
+                v[CEILING] = delivered
+                v[MEASURED] += 1
+                self._set(max(self.floor, keep, min(current, delivered) * self.decrease), now)
+            else:
+                # Too few answers to measure. Early in a busy period, the opening volley overran the
+                # server's burst before any answer could come back: a pace measured before still holds.
+                # Later, nothing gets through: halve what we send until something does.
+                if rate and v[MEASURED] and now - v[FIRST_SENT] < self.window:
+                    return
+                self._set(max(self.floor, (rate or self._rate_of(SENT_RING, FIRST_SENT, now)) * 0.5), now)
+            v[CUTS] += 1
+            v[CHECKED], v[SENT_SINCE] = now, 0.0  # whether the new pace is used is measured from here
+            # Bookings made at the old pace are void: waiters book again, from now and with no burst,
+            # since the 429 says the server has none left.
+            v[NEXT] = after(now, v[RATE], v[BURST])
+        finally:
+            self.slab.unlock()
+
+    def close(self) -> None:
+        self.slab.close()
+
+    # ------------------------------------------------------------ under the lock
+
+    def _count(self, ring: int, first: int, last: int, now: float) -> None:
+        """One more event in ``ring``; after a quiet spell the new busy period is measured on its own."""
+        v = self.v
+        if now - v[last] > self.window:
+            v[first] = now
+        v[last] = now
+        epoch = now // self.slot
+        cell = ring + 2 * int(epoch % (SLOTS + 1))
+        if v[cell] != epoch:
+            v[cell], v[cell + 1] = epoch, 0.0
+        v[cell + 1] += 1.0
+
+    def _recent(self, ring: int, now: float) -> float:
+        """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
+        v = self.v
+        epoch = now // self.slot
+        total = 0.0
+        for back in range(SLOTS + 1):
+            stamp = epoch - back
+            cell = ring + 2 * int(stamp % (SLOTS + 1))
+            if v[cell] == stamp:
+                total += v[cell + 1]
+        return total
+
+    def _rate_of(self, ring: int, first: int, now: float) -> float:
+        if self.v[first] == NEVER:
+            return 0.0
+        counted = self.window + now % self.slot  # what ``_recent`` covers
+        # Early on the window is not full yet: dividing by all of it would understate the rate.
+        return self._recent(ring, now) / max(min(counted, now - self.v[first]), self.interval)
+
+    def _peak(self, delivered: float, now: float) -> float:
+        """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
+        v = self.v
+        best = v[BEST]
+        faded = best * 0.5 ** ((now - v[BEST_AT]) / PEAK_HALF_LIFE) if best else 0.0
+        if delivered >= faded:
+            v[BEST], v[BEST_AT] = delivered, now
+            return delivered
+        return faded
 
     def _set(self, rate: float, now: float) -> None:
-        self._last_change = now
-        if self.budget is None:
-            self.budget = RateBudget(rate, burst=max(1.0, rate * 0.02), clock=self.clock)
-        else:
-            self.budget.rate = rate
-            self.budget.burst = max(1.0, rate * 0.02)
+        self.v[LAST_CHANGE], self.v[RATE], self.v[BURST] = now, rate, max(1.0, rate * 0.02)
 
     def __repr__(self) -> str:
-        return f"AdaptiveRate(rate={self.rate}, ceiling={self.ceiling:.1f}, delivered={self.delivered():.1f}/s)"
+        where = "shared" if self.slab.shared else "private"
+        return (f"AdaptiveRate(rate={self.rate}, ceiling={self.ceiling:.1f}, "
+                f"delivered={self.delivered():.1f}/s, {where})")

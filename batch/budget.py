@@ -10,9 +10,22 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-__all__ = ["RateBudget", "Clock"]
+__all__ = ["RateBudget", "Clock", "after", "book"]
 
 Clock = Callable[[], float]
+
+
+def book(paid_until: float, now: float, amount: float, rate: float, burst: float) -> tuple[float, float]:
+    """One reservation: the new ``paid_until`` and how long the caller must wait before using ``amount``."""
+    paid_until = max(paid_until, now) + amount / rate
+    wait = paid_until - burst / rate - now
+    return paid_until, (wait if wait > 1e-9 else 0.0)  # float dust inside the burst is not worth a trip through the loop
+
+
+def after(moment: float, rate: float, burst: float) -> float:
+    """The ``paid_until`` that lets the next request start at ``moment`` and the ones after it at ``rate``,
+    with no burst: after a 429 the server has none left to give."""
+    return moment + (burst - 1.0) / rate
 
 
 class RateBudget:
@@ -28,10 +41,8 @@ class RateBudget:
 
     def reserve(self, amount: float = 1.0) -> float:
         """Book ``amount`` units and return how long the caller must wait before using them."""
-        now = self._clock()
-        self._next = max(self._next, now) + amount / self.rate
-        wait = self._next - self.burst / self.rate - now
-        return wait if wait > 1e-9 else 0.0  # float dust inside the burst is not worth a trip through the loop
+        self._next, wait = book(self._next, self._clock(), amount, self.rate, self.burst)
+        return wait
 
     def adjust(self, amount: float) -> None:
         """Correct an earlier estimate (tokens are known only once the answer arrives)."""
@@ -42,7 +53,8 @@ class RateBudget:
         self._next = self._clock()
 
     def push_back(self, until: float) -> None:
-        self._next = max(self._next, until)
+        """Nothing starts before ``until``, and no burst then: the server asked us to wait."""
+        self._next = max(self._next, after(until, self.rate, self.burst))
 
     def __repr__(self) -> str:
         return f"RateBudget(rate={self.rate:g}/s, burst={self.burst:g}, backlog={self._next - self._clock():.3f}s)"

@@ -96,17 +96,20 @@ class FlowControl:
 
     def __init__(self, *, max_concurrency: int, requests_per_second: float | None = None,
                  tokens_per_second: float | None = None, clock: Clock = time.monotonic,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep, share: str | None = None) -> None:
+        """``share``: a key naming the endpoint, to learn its pace together with the host's other workers."""
         self.clock, self.sleep = clock, sleep
         # The in-flight cap slow-starts; the answer to 429s is the learned pace, not a smaller cap.
         self.limit = AdaptiveLimit(max_concurrency, initial=min(max_concurrency, INITIAL_IN_FLIGHT),
                                    slow_start=True, decrease=1.0, clock=clock)
-        self.pace = AdaptiveRate(clock=clock)
+        self.pace = AdaptiveRate(clock=clock, share=share)
         self.requests = RateBudget(requests_per_second, clock=clock) if requests_per_second else None
         self.tokens = (RateBudget(tokens_per_second, burst=tokens_per_second, clock=clock)
                        if tokens_per_second else None)
         self.paused_until = 0.0
         self.last_done = clock()
+        self._turns: deque[asyncio.Future[None]] = deque()
+        self._pacer: asyncio.Task[None] | None = None
 
     async def admit(self, estimated_tokens: int = 0) -> None:
         """Wait for a slot, then for the pause and the budgets; the slot is held until ``done``."""
@@ -128,21 +131,53 @@ class FlowControl:
         if self.tokens and estimated_tokens:
             booked = max(booked, now + self.tokens.reserve(estimated_tokens))
         while True:
+            paused = self.paused_until
+            now = self.clock()
+            until = max(booked, paused)
+            if until <= now:
+                break
+            await self.sleep(until - now)
+            # A 429 that came while we slept holds us back too: the server asked the whole pool to wait.
+            if self.paused_until <= paused:
+                break
+        if self.pace.rate or self._turns:
+            await self._paced_turn()
+
+    async def _paced_turn(self) -> None:
+        """Wait in line for the pacer, which lets requests go one at a time at the learned pace.
+
+        Turns are booked one at a time, not one per waiter: a backlog booked ahead at an old pace
+        would hold requests back long after the pace rose, and would crowd out the other workers
+        that share the pace.
+        """
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
+        self._turns.append(turn)
+        if self._pacer is None or self._pacer.done():
+            self._pacer = loop.create_task(self._pace_out())
+        await turn
+
+    async def _pace_out(self) -> None:
+        turns = self._turns
+        while turns:
             cuts, paused = self.pace.cuts, self.paused_until
             now = self.clock()
-            until = max(booked, paused, now + self.pace.reserve())
-            if until <= now:
-                return
-            await self.sleep(until - now)
-            # A 429 that came while we slept holds us back too: the server asked the whole pool to
-            # wait, and a cut pace voids the turn we booked at the old one.
-            if self.pace.cuts == cuts and self.paused_until <= paused:
-                return
+            until = max(paused, now + self.pace.reserve())
+            if until > now:
+                await self.sleep(until - now)
+                # A cut pace or a pause that came while we slept voids the turn: book again.
+                if self.pace.cuts != cuts or self.paused_until > paused:
+                    continue
+            while turns:
+                turn = turns.popleft()
+                if not turn.done():  # a waiter that gave up is skipped
+                    turn.set_result(None)
+                    break
 
     def _restart(self) -> None:
-        """After a long quiet spell (a new Spark job in a reused worker), learn the endpoint afresh:
-        what was learned may no longer hold, and a stale pace would throttle or flood the new work."""
-        self.pace = AdaptiveRate(clock=self.clock)
+        """After a long quiet spell (a new Spark job in a reused worker), ramp up afresh; the pace is
+        learned afresh too unless another worker of the host is using it."""
+        self.pace.forget(IDLE_RESTART)
         self.limit.limit = float(min(self.limit.maximum, INITIAL_IN_FLIGHT))
         self.limit.slow_start = True
 
@@ -170,10 +205,13 @@ class FlowControl:
         if now < self.paused_until + POOL_PAUSE_GAP and self.paused_until > 0:
             return False
         self.paused_until = until
-        for budget in (self.requests, self.pace.budget):
-            if budget:
-                budget.push_back(until)
+        if self.requests:
+            self.requests.push_back(until)
+        self.pace.push_back(until)
         return True
+
+    def close(self) -> None:
+        self.pace.close()
 
     def __repr__(self) -> str:
         return f"FlowControl({self.limit!r}, {self.pace!r}, requests={self.requests!r}, tokens={self.tokens!r})"

@@ -17,7 +17,20 @@ def deliver(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float)
     steps = int(per_second * seconds)
     for _ in range(steps):
         clock.now += 1.0 / per_second
+        rate.sent()
         rate.success()
+
+
+def keep_up(rate: AdaptiveRate, clock: Clock, seconds: float, least: float = 0.0) -> list[float]:
+    """Send as fast as the pace allows (``least`` at the very least); returns each pace seen."""
+    seen, end = [rate.rate], clock.now + seconds
+    while clock.now < end:
+        clock.now += 1.0 / max(least, rate.rate)
+        rate.sent()
+        rate.success()
+        if rate.rate != seen[-1]:
+            seen.append(rate.rate)
+    return seen
 
 
 def test_unpaced_until_the_first_429():
@@ -62,11 +75,8 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     before = rate.rate
     rate.rate_limited()
     assert rate.cuts == 2 and rate.ceiling == pytest.approx(100, rel=0.05)
-    assert rate.rate == pytest.approx(max(0.9 * rate.ceiling, before / 2), rel=0.01)  # never more than halved
-    seen = []
-    for _ in range(20):
-        deliver(rate, clock, 100, 0.1)
-        seen.append(rate.rate)
+    assert before > rate.ceiling * 1.1 and rate.rate == pytest.approx(0.9 * rate.ceiling, rel=0.01)
+    seen = keep_up(rate, clock, 2.0, least=100)
     below = [r for r in seen if r < rate.ceiling]
     above = [r for r in seen if r >= rate.ceiling]
     assert below == sorted(below) and len(below) <= 12  # back near the cap within about a second
@@ -82,6 +92,18 @@ def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
     first = rate.rate
     deliver(rate, clock, 50, 1.05)
     assert rate.rate > max(first, rate.ceiling) * 1.25  # 10% steps: a low first guess is left behind quickly
+
+
+def test_a_pace_the_pool_does_not_use_is_not_raised():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    deliver(rate, clock, 100, 1.0)
+    rate.rate_limited()
+    paced = rate.rate
+    deliver(rate, clock, paced / 4, 2.0)  # few rows left: the pool sends far less than the pace allows
+    assert rate.rate == paced  # neither back to the cap nor above it
+    keep_up(rate, clock, 1.0)  # busy again: the climb goes on
+    assert rate.rate > rate.ceiling * 1.05
 
 
 def test_when_everything_is_refused_the_pace_halves_what_was_sent():
