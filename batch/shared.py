@@ -28,7 +28,7 @@ try:
 except ImportError:  # not a POSIX system: every worker keeps its own pace
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Slab", "shared_dir"]
+__all__ = ["Slab", "path_for", "shared_dir"]
 
 log = logging.getLogger("batch.shared")
 
@@ -39,6 +39,10 @@ STALE_FILE_S = 24 * 3600.0  # files untouched for a day belong to endpoints nobo
 def shared_dir() -> Path:
     base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     return base / f"spark-ai-query-{os.getuid()}"
+
+
+def path_for(key: str) -> Path:
+    return shared_dir() / f"pace-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
 class Slab:
@@ -65,10 +69,9 @@ class Slab:
             self.lock = self.unlock = _nothing
 
     def _open(self, key: str) -> None:
-        folder = shared_dir()
+        self.path = path_for(key)
+        folder = self.path.parent
         folder.mkdir(mode=0o700, exist_ok=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        self.path = folder / f"pace-{digest}"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:

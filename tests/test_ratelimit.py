@@ -430,3 +430,27 @@ def test_flow_repr_names_no_secrets_and_shows_state():
     flow = FlowControl(max_concurrency=4, requests_per_second=2.0, tokens_per_second=50.0)
     text = repr(flow)
     assert "AdaptiveLimit(limit=4.0" in text and "RateBudget(rate=2/s" in text and "RateBudget(rate=50/s" in text
+
+
+def test_flow_waiters_go_at_the_new_pace_as_soon_as_it_rises():
+    """Turns are booked one at a time, so requests already waiting are not held to an old, slower pace."""
+    t = FakeTime()
+
+    async def main():
+        flow = FlowControl(max_concurrency=100, clock=t.clock, sleep=t.sleep)
+        flow.pace._set(10.0, t.now)
+        started: list[float] = []
+
+        async def request() -> None:
+            await flow.admit()
+            started.append(t.now)
+
+        tasks = [asyncio.create_task(request()) for _ in range(50)]
+        await t.advance(1.0)
+        assert 9 <= len(started) <= 12  # about ten a second so far
+        flow.pace._set(100.0, t.now)
+        await t.advance(0.5)
+        assert len(started) >= 40  # at the new pace after at most one turn booked at the old one (not 16)
+        await t.advance(1.0)
+        await asyncio.gather(*tasks)
+    run(main())
