@@ -10,6 +10,7 @@ Each scenario starts ``batch.serve`` with a latency model and (maybe) a rate cap
   overhead     the same requests through the UDF layer vs the toolkit's client alone, outside Spark
   baselines    row-at-a-time UDF and pandas UDF + thread pool (hand-rolled), same server: rows/s and our ratio
   embeddings   100,000 short texts packed per request: rows/s
+  faults       5,000 rows with 20% of requests answered 429 at random, whatever the pace: rate vs a clean run
 
 Usage: python benchmarks/throughput.py [scenario ...] [--quick]
 """
@@ -223,6 +224,18 @@ class Bench:
                     ">= 2x")
         self.report("ratio to row-at-a-time", f"{ours / row_rate:.0f}x", "(reference)")
 
+    def faults(self) -> None:
+        rows = 2000 if self.quick else 5000
+        with ServerProcess(latency_ms=20) as server:
+            self.endpoint("faulty", server, max_concurrency=256, max_retries=20, initial_backoff=0.01,
+                          max_backoff=0.05)
+            self.warm_up("faulty")
+            clean, _ = self.run(self.query("faulty", self.rows(rows, "clean")))
+            server.configure(fault_rate=0.2, faults="429,429-bare,dbx-limit", seed=5)
+            faulty, failed = self.run(self.query("faulty", self.rows(rows, "faulty")))
+        self.report(f"20% of requests 429 at random, {rows:,} rows",
+                    f"{rows / faulty:,.0f} rows/s vs {rows / clean:,.0f} clean, {failed} failed", "(reference)")
+
     def embeddings(self) -> None:
         rows = 30000 if self.quick else 100000
         with ServerProcess(latency_ms=20) as server:
@@ -236,7 +249,7 @@ class Bench:
                     f"{failed} failed")
 
 
-SCENARIOS = ("saturation", "latency", "cpu", "scale", "overhead", "baselines", "embeddings")
+SCENARIOS = ("saturation", "latency", "cpu", "scale", "overhead", "baselines", "embeddings", "faults")
 
 
 def main() -> None:

@@ -146,3 +146,22 @@ def test_never_below_the_floor():
         clock.now += 1.0
         rate.rate_limited()
     assert rate.rate == 2.0
+
+
+def test_429s_that_come_whatever_the_pace_keep_half_the_best_rate():
+    """A limit shared with others, or faults, refuse one request in five at any pace: the pace sinks no
+    lower than half the best rate delivered lately, instead of being cut window after window."""
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    deliver(rate, clock, 1000, 1.0)
+    lowest, sent, end = float("inf"), 0, clock.now + 10.0
+    while clock.now < end:
+        clock.now += 1.0 / (rate.rate or 1000)
+        rate.sent()
+        sent += 1
+        if sent % 5 == 0:
+            rate.rate_limited()
+        else:
+            rate.success()
+        lowest = min(lowest, rate.rate or lowest)
+    assert rate.cuts >= 10 and lowest >= 0.5 * 800 * 0.5 ** (10 / 30)  # half of 800 delivered, fading

