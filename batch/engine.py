@@ -88,6 +88,9 @@ def _group(values: Sequence[Any]) -> tuple[dict[Any, list[int]], list[tuple[Any,
 
 def _fill(outcomes: list[RowOutcome], rows: list[int], fill: RowOutcome, paid: bool) -> None:
     """The first row carries the cost of the call when this batch paid for it; the others are free copies."""
+    if paid and len(rows) == 1:  # the common case: no copy to make
+        outcomes[rows[0]] = fill
+        return
     copy = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms, answered=fill.answered)
     outcomes[rows[0]] = fill if paid else copy
     for duplicate in rows[1:]:
@@ -100,7 +103,7 @@ async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
                       convert: Callable[[Any], Any] | None = None, memo: Memo | None = None) -> list[RowOutcome]:
     """``convert`` turns an answer into the row's value; an ``EndpointError`` from it fails that row only."""
     groups, uniques = _group(values)
-    outcomes = [RowOutcome() for _ in values]
+    outcomes: list[Any] = [None] * len(values)
     uniques = _refuse_blank(client.config.name, uniques, groups, outcomes)
     earlier = {key: memo.get(key) for key, _ in uniques} if memo is not None else {}
     fresh = [(key, value) for key, value in uniques if earlier.get(key) is None]
@@ -114,7 +117,7 @@ async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
     for key, future in earlier.items():
         if future is not None:
             _fill(outcomes, groups[key], await future, paid=False)
-    return outcomes
+    return [RowOutcome() if outcome is None else outcome for outcome in outcomes]  # a NULL row asks nothing
 
 
 def _blank(value: Any) -> bool:

@@ -414,6 +414,31 @@ def test_cancelled_call_gives_its_slot_back():
     assert run(go()).results == ["late"]
 
 
+def test_cancelled_batch_cancels_every_call_and_gives_every_slot_back():
+    t = FakeTime()
+    started = []
+
+    async def handler(request):
+        started.append(request)
+        await asyncio.Event().wait()  # never answers
+
+    client = mock_client(handler, t, max_concurrency=3)
+
+    async def go():
+        task = asyncio.create_task(answer_rows(client, [f"row {i}" for i in range(10)]))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(started) == 3 and client.flow.limit.in_flight == 3
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.flow.limit.in_flight == 0  # no call outlives the batch, as with asyncio.gather
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert len(started) == 3  # and none of the queued rows went out after all
+    run(go())
+
+
 def test_retries_are_logged_at_debug(caplog):
     caplog.set_level(logging.DEBUG, logger="batch.client")
     t = FakeTime()
