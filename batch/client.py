@@ -22,10 +22,10 @@ from .config import EndpointConfig
 from .errors import (EndpointError, InvalidResponseError, RateLimitError, TransportError, status_error)
 from .ratelimit import FlowControl
 from .retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
-from .transport import make_transport
+from .transport import make_transport, poster
 from .wire import AnswerShapeError, Usage, error_text, parse_answer, request_body
 
-__all__ = ["EndpointClient", "CallResult", "ClientStats"]
+__all__ = ["EndpointClient", "CallResult", "ClientStats", "pace_key"]
 
 log = logging.getLogger("batch.client")
 
@@ -67,30 +67,30 @@ class EndpointClient:
     def __init__(self, config: EndpointConfig, *, transport: httpx.AsyncBaseTransport | None = None,
                  rate_share: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rand: Callable[[], float] = random.random) -> None:
-        """``rate_share`` is the part of the endpoint's per-minute budgets this client may use."""
+                 rand: Callable[[], float] = random.random, share_pace: bool = False) -> None:
+        """``rate_share`` is the part of the endpoint's per-minute budgets this client may use.
+        ``share_pace``: learn the endpoint's rate limit together with the other workers on this host."""
         self.config = config
         self.url = config.url()
-        self._url = httpx.URL(self.url)  # parsed once: parsing a URL costs more than building the request
         self.transport = transport or make_transport(verify=config.verify_tls)
         self.credentials = credentials_for(config, self.transport, clock=clock)
         self.policy = RetryPolicy(config.max_retries, config.initial_backoff, config.max_backoff)
         per_second = lambda per_minute: per_minute * rate_share / 60.0 if per_minute else None  # noqa: E731
         self.flow = FlowControl(max_concurrency=config.max_concurrency,
                                 requests_per_second=per_second(config.requests_per_minute),
-                                tokens_per_second=per_second(config.tokens_per_minute), clock=clock, sleep=sleep)
+                                tokens_per_second=per_second(config.tokens_per_minute), clock=clock, sleep=sleep,
+                                share=pace_key(config) if share_pace else None)
         self.stats = ClientStats()
         self._clock, self._sleep, self._rand = clock, sleep, rand
-        # Headers are normalised once here, not on every request: with a ready header set and a byte
-        # stream httpx skips its per-request encoding, which halves the cost of building a request.
-        # It also stops adding Host and Content-Length, so ``_attempt`` sets them.
-        self._headers = httpx.Headers({"Host": self._url.netloc.decode("ascii"), "content-type": "application/json",
-                                       "user-agent": "spark-ai-query"})
+        t = config.timeout
+        self._post = poster(self.transport, self.url,
+                            {"connect": config.connect_timeout, "read": t, "write": t, "pool": t})
+        # Headers are merged once here, and again only when the credentials change, not on every request.
+        self._headers = httpx.Headers({"Host": httpx.URL(self.url).netloc.decode("ascii"),
+                                       "content-type": "application/json", "user-agent": "spark-ai-query"})
         self._headers.update(dict(config.headers))  # the entry's own headers replace ours, whatever their case
         self._auth: Mapping[str, str] | None = None
-        self._request_headers = self._headers
-        t = config.timeout
-        self._extensions = {"timeout": {"connect": config.connect_timeout, "read": t, "write": t, "pool": t}}
+        self._request_headers: Any = None  # in the poster's form, made on the first attempt
 
     async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
                    response_format: Mapping[str, Any] | None = None) -> CallResult:
@@ -121,7 +121,6 @@ class EndpointClient:
                 await self._sleep(delay)
 
     async def _attempt(self, body: bytes, count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:
-        name = self.config.name
         try:
             auth = await self.credentials.headers()
         except EndpointError as exc:  # the token endpoint failed: retried like any other attempt
@@ -129,40 +128,43 @@ class EndpointClient:
         if auth is not self._auth:  # credentials hand back the same dict until the token changes
             headers = self._headers.copy()
             headers.update(auth)
-            self._auth, self._request_headers = auth, headers
-        headers = self._request_headers.copy()
-        headers["Content-Length"] = str(len(body))
-        request = httpx.Request("POST", self._url, headers=headers, stream=httpx.ByteStream(body),
-                                extensions=self._extensions)
-        request.read()
+            self._auth, self._request_headers = auth, self._post.prepare(headers)
         try:
-            response = await self.transport.handle_async_request(request)
-            try:
-                content = await response.aread()
-            finally:
-                await response.aclose()
+            status, reply_headers, content = await self._post.send(self._request_headers, body)
         except httpx.TimeoutException:
-            return None, Usage(), TransportError(name, f"no answer within {self.config.timeout:g}s (timeout)")
+            return None, Usage(), TransportError(self.config.name,
+                                                 f"no answer within {self.config.timeout:g}s (timeout)")
         except httpx.HTTPError as exc:
-            return None, Usage(), TransportError(name, f"connection failed: {exc}")
-        status = response.status_code
-        if status != 200:
-            retry_after = parse_retry_after(response.headers, time.time())
-            return None, Usage(), status_error(name, status, error_text(content), retry_after)
-        try:
-            answer = json.loads(content)
-            return parse_answer(self.config, answer, count), Usage.from_body(answer), None
-        except ValueError as exc:
-            # A cut or garbled body is a transport accident worth retrying; a well-formed body of the
-            # wrong shape will come back the same, so it is reported at once.
-            shape = isinstance(exc, AnswerShapeError)
-            snippet = content[:200].decode("utf-8", "replace")
-            return None, Usage(), InvalidResponseError(
-                name, f"unexpected answer ({exc if shape else 'not JSON'}): {snippet!r}", status=status,
-                retryable=not shape)
+            return None, Usage(), TransportError(self.config.name, f"connection failed: {exc}")
+        return _read_reply(self.config, status, reply_headers, content, count)
 
     async def aclose(self) -> None:
+        self.flow.close()
         await self.transport.aclose()
 
     def __repr__(self) -> str:
         return f"EndpointClient({self.config.name!r}, {self.flow!r})"
+
+
+def pace_key(config: EndpointConfig) -> str:
+    """What names an endpoint's pace on a host: the entry and the URL it calls."""
+    return f"{config.name} {config.url()}"
+
+
+def _read_reply(config: EndpointConfig, status: int, headers: Mapping[str, str], content: bytes,
+                count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:
+    """The per-input results and usage of an answer, or the error it stands for."""
+    if status != 200:
+        retry_after = parse_retry_after(headers, time.time())
+        return None, Usage(), status_error(config.name, status, error_text(content), retry_after)
+    try:
+        answer = json.loads(content)
+        return parse_answer(config, answer, count), Usage.from_body(answer), None
+    except ValueError as exc:
+        # A cut or garbled body is a transport accident worth retrying; a well-formed body of the
+        # wrong shape will come back the same, so it is reported at once.
+        shape = isinstance(exc, AnswerShapeError)
+        snippet = content[:200].decode("utf-8", "replace")
+        return None, Usage(), InvalidResponseError(
+            config.name, f"unexpected answer ({exc if shape else 'not JSON'}): {snippet!r}", status=status,
+            retryable=not shape)

@@ -40,7 +40,7 @@ class WorkerRuntime:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = EndpointClient(config, rate_share=rate_share)
+                client = self._clients[key] = EndpointClient(config, rate_share=rate_share, share_pace=True)
         return client
 
     def submit(self, coroutine: Coroutine[Any, Any, R]) -> concurrent.futures.Future[R]:

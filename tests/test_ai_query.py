@@ -12,7 +12,10 @@ from pyspark.sql import types as T
 
 import batch
 from batch import ai_query
+from batch.adaptive import AdaptiveRate
 from batch.arguments import build_spec
+from batch.client import pace_key
+from batch.config import registry
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
 from batch.types import to_json_schema, parse_ddl
 from batch.udf import make_udf
@@ -322,6 +325,20 @@ def test_random_faults_embeddings(spark, srv, more_endpoints):
     words = [f"word {i}" for i in range(60)]
     rows = texts(spark, words).select("p", ai_query("dbx-embed", "p").alias("a")).collect()
     assert all(close(row.a, row.p) for row in rows)
+
+
+def test_the_workers_of_a_host_learn_one_pace(spark, srv, endpoints):
+    """Two tasks at once against a capped endpoint: the pace both workers book from is the whole cap,
+    where a pace each worker learned alone would settle near half of it (and leave no shared record)."""
+    srv.configure(rate_limit=200)
+    config = registry.add("capped-chat", api="openai", base_url=srv.url + "/v1", task="chat", max_retries=30,
+                          initial_backoff=0.01, max_backoff=0.05)
+    prompts = [f"capped {i}" for i in range(1000)]
+    rows = texts(spark, prompts, parts=2).select("p", ai_query("capped-chat", "p").alias("a")).collect()
+    assert sorted(r.a for r in rows) == sorted(answer(p) for p in prompts)
+    pace = AdaptiveRate(share=pace_key(config))
+    assert srv.stats()["rate_limited"] > 0 and pace.rate is not None and pace.rate > 0.7 * 200, pace
+    pace.close()
 
 
 # ---------------------------------------------------------------- the same answers three ways
