@@ -28,6 +28,7 @@ MIN_SAMPLES = 20
 PEAK_HALF_LIFE = 30.0
 LAYOUT = 3.0  # bumped when the cells below change meaning, so an old file is laid out afresh
 SLOTS = 25    # a window is counted in this many slots
+FLUSH = 0.005  # seconds a worker may keep its counts to itself before adding them to the shared cells
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
@@ -50,6 +51,9 @@ class AdaptiveRate:
         self.slot = window / SLOTS
         self.slab = Slab(SIZE, share)
         self.v = self.slab.values
+        # Counts kept in this worker for up to ``FLUSH`` seconds, so that most requests take no lock.
+        self._sent = self._done = 0
+        self._flushed = NEVER
         now = clock()
         self.slab.lock()
         try:
@@ -83,16 +87,24 @@ class AdaptiveRate:
 
     def delivered(self) -> float:
         """Successful answers per second over the last window."""
-        return self._rate_of(DONE_RING, FIRST_DONE, self.clock())
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            return self._rate_of(DONE_RING, FIRST_DONE, now)
+        finally:
+            self.slab.unlock()
 
     def reserve(self) -> float:
         """Seconds to wait before the next request may start (0 while no pace is set)."""
         v = self.v
         if not v[RATE]:
             return 0.0
+        now = self.clock()
         self.slab.lock()
         try:
-            v[NEXT], wait = book(v[NEXT], self.clock(), 1.0, v[RATE], v[BURST])
+            self._flush(now)
+            v[NEXT], wait = book(v[NEXT], now, 1.0, v[RATE], v[BURST])
         finally:
             self.slab.unlock()
         return wait
@@ -109,9 +121,11 @@ class AdaptiveRate:
         """Start learning afresh if no worker of the host sent or received anything for ``idle`` seconds:
         what was learned may no longer hold, and a stale pace would throttle or flood new work."""
         v = self.v
+        now = self.clock()
         self.slab.lock()
         try:
-            if self.clock() - max(v[LAST_SENT], v[LAST_DONE]) <= idle:
+            self._flush(now)
+            if now - max(v[LAST_SENT], v[LAST_DONE]) <= idle:
                 return False
             self._reset()
             return True
@@ -120,23 +134,26 @@ class AdaptiveRate:
 
     def sent(self) -> None:
         """A request went out: while nothing is answered, what we send is all there is to go by."""
-        v = self.v
         now = self.clock()
+        self._sent += 1
+        if now - self._flushed < FLUSH:
+            return
         self.slab.lock()
         try:
-            if now - v[LAST_SENT] > self.window:
-                v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
-            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now)
-            v[SENT_SINCE] += 1.0
+            self._flush(now)
         finally:
             self.slab.unlock()
 
     def success(self) -> None:
         v = self.v
         now = self.clock()
+        self._done += 1
+        if now - self._flushed < FLUSH and (
+                not v[RATE] or now - v[LAST_CHANGE] < self.interval or now - v[CHECKED] < self.interval):
+            return  # nothing to decide yet: the count waits in this worker for a moment
         self.slab.lock()
         try:
-            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now)
+            self._flush(now)
             rate = v[RATE]
             if not rate or now - v[LAST_CHANGE] < self.interval or now - v[CHECKED] < self.interval:
                 return
@@ -164,6 +181,7 @@ class AdaptiveRate:
         now = self.clock()
         self.slab.lock()
         try:
+            self._flush(now)
             if now - v[LAST_CUT] < self.window:
                 return
             rate = v[RATE]
@@ -184,11 +202,15 @@ class AdaptiveRate:
                 self._set(max(self.floor, keep, min(current, delivered) * self.decrease), now)
             else:
                 # Too few answers to measure. Early in a busy period, the opening volley overran the
-                # server's burst before any answer could come back: a pace measured before still holds.
-                # Later, nothing gets through: halve what we send until something does.
-                if rate and v[MEASURED] and now - v[FIRST_SENT] < self.window:
+                # server's burst before any answer could come back: a pace measured before still holds,
+                # and otherwise half of what the volley sent is a start. Later, nothing gets through:
+                # halve the pace until something does.
+                opening = now - v[FIRST_SENT] < self.window
+                if opening and rate and v[MEASURED]:
                     return
-                self._set(max(self.floor, (rate or self._rate_of(SENT_RING, FIRST_SENT, now)) * 0.5), now)
+                volley = (self._rate_of(SENT_RING, FIRST_SENT, now)
+                          if self._recent(SENT_RING, now) >= MIN_SAMPLES else 0.0)
+                self._set(max(self.floor, ((volley or rate) if opening else (rate or volley)) * 0.5), now)
             v[CUTS] += 1
             v[CHECKED], v[SENT_SINCE] = now, 0.0  # whether the new pace is used is measured from here
             # Bookings made at the old pace are void: waiters book again, from now and with no burst,
@@ -202,8 +224,22 @@ class AdaptiveRate:
 
     # ------------------------------------------------------------ under the lock
 
-    def _count(self, ring: int, first: int, last: int, now: float) -> None:
-        """One more event in ``ring``; after a quiet spell the new busy period is measured on its own."""
+    def _flush(self, now: float) -> None:
+        """Add the counts this worker kept to itself to the shared cells."""
+        v = self.v
+        if self._sent:
+            if now - v[LAST_SENT] > self.window:
+                v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
+            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now, self._sent)
+            v[SENT_SINCE] += self._sent
+            self._sent = 0
+        if self._done:
+            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now, self._done)
+            self._done = 0
+        self._flushed = now
+
+    def _count(self, ring: int, first: int, last: int, now: float, events: int) -> None:
+        """More events in ``ring``; after a quiet spell the new busy period is measured on its own."""
         v = self.v
         if now - v[last] > self.window:
             v[first] = now
@@ -212,7 +248,7 @@ class AdaptiveRate:
         cell = ring + 2 * int(epoch % (SLOTS + 1))
         if v[cell] != epoch:
             v[cell], v[cell + 1] = epoch, 0.0
-        v[cell + 1] += 1.0
+        v[cell + 1] += events
 
     def _recent(self, ring: int, now: float) -> float:
         """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
