@@ -362,7 +362,9 @@ def test_a_429_after_answers_paces_the_pool_below_what_was_delivered():
         await client.aclose()
 
     run(go())
-    assert client.flow.pace.rate == pytest.approx(0.95 * 20 / 0.4, rel=0.05)  # 20 answers in 0.4 s
+    delivered = 20 / 0.4  # 20 answers in 0.4 s
+    # Cut to just below it; the answer to the retry may already have started the climb back to it.
+    assert 0.95 * delivered * 0.99 <= client.flow.pace.rate <= delivered * 1.001
     assert not client.flow.limit.slow_start and client.flow.limit.limit == 10  # the cap is not what is cut
 
 
