@@ -65,8 +65,7 @@ class AdaptiveRate:
 
     def _reset(self) -> None:
         v = self.v
-        for i in range(SIZE):
-            v[i] = 0.0
+        self.slab.clear()
         for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
