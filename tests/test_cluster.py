@@ -21,14 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_cluster import StandaloneCluster, client_main, java_available, rate_figures, run_client, spark_env
+from spark_cluster import (StandaloneCluster, client_main, java_available, rate_figures, run_client, spark_env,
+                           FAST, RATED_ROWS, RATED_RPM)
 
 pytestmark = pytest.mark.cluster
 
 TOKEN_ENV = "AIQ_TEST_TOKEN"  # conftest puts it in this process (and so in the local session's workers)
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=20.0)
-RATED_RPM = 1800  # 30 requests/s for the whole cluster
-RATED_ROWS = 120
 PROMPTS = [f"cluster question {i}" for i in range(20)] + [None]
 TICKETS = [f"ticket {i} about the invoice" for i in range(40)]
 

@@ -18,13 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spark_cluster import ConnectServer, client_main, java_available, rate_figures, run_client, spark_env
+from spark_cluster import (ConnectServer, client_main, java_available, rate_figures, run_client, spark_env,
+                           FAST, RATED_ROWS, RATED_RPM)
 
 pytestmark = pytest.mark.cluster
 
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=20.0)
-RATED_RPM = 1800  # 30 requests/s for the whole server
-RATED_ROWS = 120
 PROMPTS = [f"connect question {i}" for i in range(12)] + [None]
 TICKETS = [f"connect ticket {i}" for i in range(30)]
 
