@@ -13,17 +13,19 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, NamedTuple, Sequence
 
 import httpx
 
 from .auth import credentials_for
 from .config import EndpointConfig
-from .errors import (EndpointError, InvalidResponseError, RateLimitError, TransportError, status_error)
+from .errors import (EndpointError, InvalidResponseError, NoAnswerError, RateLimitError, TransportError,
+                     status_error)
 from .ratelimit import FlowControl
 from .retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
 from .transport import make_transport, poster
-from .wire import AnswerShapeError, Usage, error_text, parse_answer, request_body
+from .wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text, parse_answer,
+                   request_body)
 
 __all__ = ["EndpointClient", "CallResult", "ClientStats", "pace_key"]
 
@@ -95,7 +97,10 @@ class EndpointClient:
     async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
                    response_format: Mapping[str, Any] | None = None) -> CallResult:
         body = _encode(request_body(self.config, inputs, params, response_format)).encode()
-        estimate = len(body) // 4 + int((params or {}).get("max_tokens") or 0)
+        limit = (params or {}).get("max_tokens") or (params or {}).get("max_completion_tokens")
+        max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+        expect = _Expect(len(inputs), (response_format or {}).get("type") in _STRUCTURED, max_tokens)
+        estimate = len(body) // 4 + (max_tokens or 0)
         started = self._clock()
         attempts = rate_limited = 0
         while True:
@@ -103,7 +108,7 @@ class EndpointClient:
             attempts += 1
             sent = self._clock()
             try:
-                results, usage, error = await self._attempt(body, len(inputs))
+                results, usage, error = await self._attempt(body, expect)
             except BaseException:
                 self.flow.done(None)
                 raise
@@ -120,7 +125,7 @@ class EndpointClient:
             if not (limited and self.flow.pause(delay)):
                 await self._sleep(delay)
 
-    async def _attempt(self, body: bytes, count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:
+    async def _attempt(self, body: bytes, expect: "_Expect") -> tuple[list[Any] | None, Usage, EndpointError | None]:
         try:
             auth = await self.credentials.headers()
         except EndpointError as exc:  # the token endpoint failed: retried like any other attempt
@@ -136,7 +141,7 @@ class EndpointClient:
                                                  f"no answer within {self.config.timeout:g}s (timeout)")
         except httpx.HTTPError as exc:
             return None, Usage(), TransportError(self.config.name, f"connection failed: {exc}")
-        return _read_reply(self.config, status, reply_headers, content, count)
+        return _read_reply(self.config, status, reply_headers, content, expect)
 
     async def aclose(self) -> None:
         self.flow.close()
@@ -151,20 +156,69 @@ def pace_key(config: EndpointConfig) -> str:
     return f"{config.name} {config.url()}"
 
 
+class _Expect(NamedTuple):
+    """What a request asked for, as reading its answer needs it."""
+
+    count: int
+    structured: bool = False
+    max_tokens: int | None = None
+
+
+_STRUCTURED = frozenset({"json_object", "json_schema"})
+
+
 def _read_reply(config: EndpointConfig, status: int, headers: Mapping[str, str], content: bytes,
-                count: int) -> tuple[list[Any] | None, Usage, EndpointError | None]:
+                expect: _Expect) -> tuple[list[Any] | None, Usage, EndpointError | None]:
     """The per-input results and usage of an answer, or the error it stands for."""
     if status != 200:
-        retry_after = parse_retry_after(headers, time.time())
-        return None, Usage(), status_error(config.name, status, error_text(content), retry_after)
+        info = error_info(content)
+        return None, Usage(), status_error(config.name, status, info.text, parse_retry_after(headers, time.time()),
+                                           info.kind)
     try:
         answer = json.loads(content)
-        return parse_answer(config, answer, count), Usage.from_body(answer), None
-    except ValueError as exc:
-        # A cut or garbled body is a transport accident worth retrying; a well-formed body of the
-        # wrong shape will come back the same, so it is reported at once.
-        shape = isinstance(exc, AnswerShapeError)
+        return parse_answer(config, answer, expect.count, structured=expect.structured,
+                            max_tokens=expect.max_tokens), Usage.from_body(answer), None
+    except (ValueError, RecursionError):
+        return _read_unusual(config, headers, content, expect)
+
+
+def _read_unusual(config: EndpointConfig, headers: Mapping[str, str], content: bytes,
+                  expect: _Expect) -> tuple[list[Any] | None, Usage, EndpointError | None]:
+    """A 200 that is not the common answer, read again with care (only here, so the common answer pays nothing):
+    bytes that are not UTF-8 (a cut multi-byte character) are replaced, an error carried inside the body is
+    judged by its own code, and an answer without text says why. Tokens the endpoint billed still count."""
+    name = config.name
+    try:
+        answer = json.loads(content.decode("utf-8", "replace"))
+    except RecursionError:
+        return None, Usage(), InvalidResponseError(name, "unexpected answer (JSON nested too deeply to read)",
+                                                   status=200, retryable=False)
+    except ValueError:
+        # A cut or garbled body is a transport accident worth retrying.
+        what = error_text(content, 200)
+        what = (f"not JSON but {what}" if what.startswith("an HTML page")
+                else f"not JSON: {content[:200].decode('utf-8', 'replace')!r}")
+        return None, Usage(), InvalidResponseError(name, f"unexpected answer ({what})", status=200)
+    usage = Usage.from_body(answer) if isinstance(answer, Mapping) else Usage()
+    inside = embedded_error(answer)
+    if inside is not None:
+        return None, usage, _error_inside(name, inside, headers)
+    try:
+        return parse_answer(config, answer, expect.count, structured=expect.structured,
+                            max_tokens=expect.max_tokens), usage, None
+    except NoAnswer as exc:
+        return None, usage, NoAnswerError(name, str(exc), status=200)
+    except AnswerShapeError as exc:
+        # A well-formed body of the wrong shape will come back the same, so it is reported at once.
         snippet = content[:200].decode("utf-8", "replace")
-        return None, Usage(), InvalidResponseError(
-            config.name, f"unexpected answer ({exc if shape else 'not JSON'}): {snippet!r}", status=status,
-            retryable=not shape)
+        return None, usage, InvalidResponseError(name, f"unexpected answer ({exc}): {snippet!r}", status=200,
+                                                 retryable=False)
+
+
+def _error_inside(name: str, info: ErrorInfo, headers: Mapping[str, str]) -> EndpointError:
+    """An error sent as a 200: the code inside decides, as if it had been the status (a 429 is retried and
+    slows the pool, a 4xx fails the row, a 5xx is retried); one naming no status fails the row."""
+    text = f"{info.text} (an error sent inside an HTTP 200 answer)"
+    if info.status is None:
+        return InvalidResponseError(name, f"the answer is an error: {text}", status=200, retryable=False)
+    return status_error(name, info.status, text, parse_retry_after(headers, time.time()), info.kind)

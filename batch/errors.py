@@ -13,9 +13,11 @@ Messages carry the Databricks error class where one fits, so that users who know
     └── EndpointError                  a row could not be answered (endpoint, status, text)
         ├── HTTPRequestError           AI_FUNCTION_HTTP_REQUEST_ERROR: the endpoint said no
         │   ├── RateLimitError         429
+        │   ├── QuotaExceededError     429 insufficient_quota: no credit left, not retried
         │   └── ServerError            408, 500, 502, 503, 504: transient, retried
         ├── TransportError             timeouts, refused or dropped connections
         ├── InvalidResponseError       AI_FUNCTION_INVALID_HTTP_RESPONSE: 200 with a body we cannot read
+        │   └── NoAnswerError          a well-formed answer without text: tool call, refusal, output limit
         ├── ParseCastError             AI_FUNCTION_HTTP_PARSE_CAST_ERROR: answer does not fit returnType
         └── EmptyRequestError          a blank request, refused before any call
 """
@@ -33,9 +35,11 @@ __all__ = [
     "EndpointError",
     "HTTPRequestError",
     "RateLimitError",
+    "QuotaExceededError",
     "ServerError",
     "TransportError",
     "InvalidResponseError",
+    "NoAnswerError",
     "ParseCastError",
     "EmptyRequestError",
     "status_error",
@@ -116,6 +120,11 @@ class RateLimitError(HTTPRequestError):
     retryable = True
 
 
+class QuotaExceededError(HTTPRequestError):
+    """A 429 that means the account has no credit left: waiting does not bring it back, so it is neither
+    retried nor taken as a sign to slow down."""
+
+
 class ServerError(HTTPRequestError):
     retryable = True
 
@@ -131,6 +140,13 @@ class InvalidResponseError(EndpointError):
     retryable = True
 
 
+class NoAnswerError(InvalidResponseError):
+    """The endpoint answered well-formed JSON but gave no usable text (a tool call, a refusal, an answer cut at
+    the output-token limit, one withheld by a content filter). Asking again would pay for the same again."""
+
+    retryable = False
+
+
 class ParseCastError(EndpointError):
     error_class = "AI_FUNCTION_HTTP_PARSE_CAST_ERROR"
 
@@ -142,11 +158,18 @@ class EmptyRequestError(EndpointError):
 
 
 TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
+# Codes or types that OpenAI-style endpoints put in a 429 when the account is out of credit, not over a rate.
+QUOTA_KINDS = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
-def status_error(endpoint: str, status: int, text: str, retry_after: float | None = None) -> EndpointError:
-    """Map an HTTP status to its error class. Other 4xx and 5xx (501, 505...) will not change on retry."""
+def status_error(endpoint: str, status: int, text: str, retry_after: float | None = None,
+                 kind: str | None = None) -> EndpointError:
+    """Map an HTTP status to its error class. Other 4xx and 5xx (501, 505...) will not change on retry.
+    ``kind`` is the body's error code or type, when it has one: it tells a spent quota from a rate limit."""
     if status == 429:
+        if kind in QUOTA_KINDS:
+            return QuotaExceededError(endpoint, f"{text} (the account has no quota left, so the request is not "
+                                      "retried: add credit or raise the quota, then run again)", status=status)
         return RateLimitError(endpoint, text, status=status, retry_after=retry_after)
     if status in TRANSIENT_STATUSES:
         return ServerError(endpoint, text, status=status, retry_after=retry_after)

@@ -7,14 +7,22 @@ shows (``messages`` / ``prompt`` / ``input`` / ``dataframe_records`` posted to
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
+import html
 import json
+import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import EndpointConfig
+from .errors import QUOTA_KINDS
 
-__all__ = ["Usage", "request_body", "parse_answer", "error_text", "AnswerShapeError", "MULTI_INPUT_TASKS"]
+__all__ = ["Usage", "request_body", "parse_answer", "error_text", "error_info", "embedded_error", "ErrorInfo",
+           "AnswerShapeError", "NoAnswer", "MULTI_INPUT_TASKS"]
 
 # Tasks whose requests carry many rows at once.
 MULTI_INPUT_TASKS = frozenset({"embeddings", "custom"})
@@ -22,6 +30,10 @@ MULTI_INPUT_TASKS = frozenset({"embeddings", "custom"})
 
 class AnswerShapeError(ValueError):
     """The body parsed as JSON but is not the answer the task expects."""
+
+
+class NoAnswer(AnswerShapeError):
+    """A well-formed answer with no usable text (tool call, refusal, output limit); the message says which."""
 
 
 @dataclass(slots=True)
@@ -67,13 +79,18 @@ def request_body(config: EndpointConfig, inputs: Sequence[Any], params: Mapping[
     return body
 
 
-def parse_answer(config: EndpointConfig, body: Any, count: int) -> list[Any]:
-    """The per-input results of one answer, in input order."""
+def parse_answer(config: EndpointConfig, body: Any, count: int, *, structured: bool = False,
+                 max_tokens: int | None = None) -> list[Any]:
+    """The per-input results of one answer, in input order.
+
+    ``structured``: the request asked for JSON (json_object, json_schema), so an answer cut at the output-token
+    limit is no answer; ``max_tokens`` is the limit the request set, named when it was reached.
+    """
     if not isinstance(body, Mapping):
         raise AnswerShapeError(f"expected a JSON object, got {type(body).__name__}")
     task = config.task
     if task == "chat":
-        return [_first_choice(body, _message_content, "message.content")]
+        return [_chat(body, structured, max_tokens)]
     if task == "completions":
         return [_first_choice(body, lambda c: c.get("text"), "text")]
     if task == "embeddings":
@@ -81,9 +98,116 @@ def parse_answer(config: EndpointConfig, body: Any, count: int) -> list[Any]:
     return _predictions(body, count)
 
 
-def _message_content(choice: Mapping[str, Any]) -> Any:
+def _chat(body: Mapping[str, Any], structured: bool, max_tokens: int | None) -> str:
+    """The common answer (text that ended on its own) is taken at once; any other shape is read by
+    ``_chat_in_full``, so reading it costs the common answer nothing."""
+    try:
+        choice = body["choices"][0]
+        content = choice["message"]["content"]
+        if content.__class__ is str and content and choice.get("finish_reason") == "stop":
+            return content
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return _chat_in_full(body, structured, max_tokens)
+
+
+def _chat_in_full(body: Mapping[str, Any], structured: bool, max_tokens: int | None) -> str:
+    choices = body.get("choices")
+    if isinstance(choices, list) and not choices:
+        raise AnswerShapeError("the answer has an empty 'choices' list: the endpoint generated nothing for "
+                               "this prompt")
+    if not isinstance(choices, list) or not isinstance(choices[0], Mapping):
+        raise AnswerShapeError("no 'choices' in the answer")
+    choice = choices[0]
     message = choice.get("message")
-    return message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(message, Mapping):
+        raise AnswerShapeError("choices[0].message.content is missing or not text")
+    text = _text(message.get("content"))
+    _refuse_no_answer(body, message, choice.get("finish_reason"), text, structured, max_tokens)
+    if text is None:
+        raise AnswerShapeError("choices[0].message.content is missing or not text")
+    return text
+
+
+# Part types that carry the answer's text (OpenAI, Mistral, Databricks); reasoning parts are not the answer.
+_TEXT_PARTS = frozenset({"text", "output_text"})
+_REASONING_PARTS = frozenset({"reasoning", "thinking", "reasoning_text"})
+_TOOL_FINISH = frozenset({"tool_calls", "function_call"})
+PARTIAL_CHARS = 1000
+
+
+def _text(content: Any) -> str | None:
+    """Content as a string, or a list of typed parts whose text parts are joined; None when it is neither."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, Mapping) for p in content):
+        return "".join(p["text"] for p in content
+                       if p.get("type", "text") in _TEXT_PARTS and isinstance(p.get("text"), str))
+    return None
+
+
+def _refuse_no_answer(body: Mapping[str, Any], message: Mapping[str, Any], finish: Any, text: str | None,
+                      structured: bool, max_tokens: int | None) -> None:
+    """Raise ``NoAnswer`` when the model gave no usable text, saying why, so a user can act on it."""
+    calls = _tool_names(message)
+    if calls and (not text or finish in _TOOL_FINISH):
+        raise NoAnswer(f"the model answered with a tool call ({', '.join(calls)}) instead of text (finish_reason "
+                       f"{finish!r}); ai_query runs no tools, so ask for a text answer")
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        raise NoAnswer(f"the model refused to answer: {refusal}")
+    if finish == "content_filter":
+        partial = f"; partial answer: {_clip(text)!r}" if text else ""
+        raise NoAnswer(f"the endpoint's content filter withheld the answer (finish_reason 'content_filter'){partial}")
+    if finish != "length":
+        return
+    limit = (f"max_tokens={max_tokens} from modelParameters" if max_tokens
+             else "the endpoint's default, as modelParameters set no max_tokens")
+    if not text:
+        reasoning = _reasoning_tokens(body)
+        if reasoning or _has_reasoning(message):
+            count = f" ({reasoning} reasoning tokens)" if reasoning else ""
+            raise NoAnswer(f"the model spent the whole output-token limit ({limit}) on reasoning{count} and gave no "
+                           "answer (finish_reason 'length'); raise max_tokens or lower the reasoning effort")
+        raise NoAnswer(f"the answer is empty: the output-token limit ({limit}) was reached before any text "
+                       "(finish_reason 'length'); raise max_tokens")
+    if structured:
+        raise NoAnswer(f"the answer was cut at the output-token limit ({limit}) before the requested JSON was "
+                       f"complete (finish_reason 'length'); raise max_tokens. Partial answer: {_clip(text)!r}")
+
+
+def _tool_names(message: Mapping[str, Any]) -> list[str]:
+    """The functions a tool-call answer names: ``tool_calls`` (current) or ``function_call`` (legacy)."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        legacy = message.get("function_call")
+        calls = [{"function": legacy}] if isinstance(legacy, Mapping) else []
+    names = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        names.append(name if isinstance(name, str) and name else "unnamed")
+    return names
+
+
+def _has_reasoning(message: Mapping[str, Any]) -> bool:
+    """Servers name the model's thinking ``reasoning_content`` (DeepSeek, llama.cpp, vLLM), ``reasoning`` (Ollama,
+    newer vLLM, OpenRouter) or put it in typed content parts (Databricks, Anthropic-style gateways)."""
+    if any(isinstance(message.get(k), str) and message.get(k) for k in ("reasoning_content", "reasoning")):
+        return True
+    content = message.get("content")
+    return isinstance(content, list) and any(isinstance(p, Mapping) and p.get("type") in _REASONING_PARTS
+                                             for p in content)
+
+
+def _reasoning_tokens(body: Mapping[str, Any]) -> int:
+    usage = body.get("usage")
+    details = usage.get("completion_tokens_details") if isinstance(usage, Mapping) else None
+    return _int(details.get("reasoning_tokens")) if isinstance(details, Mapping) else 0
+
+
+def _clip(text: str, limit: int = PARTIAL_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _first_choice(body: Mapping[str, Any], pick: Any, what: str) -> str:
@@ -103,13 +227,30 @@ def _embeddings(body: Mapping[str, Any], count: int) -> list[list[float]]:
         raise AnswerShapeError(f"expected {count} embeddings in 'data', got {got}")
     ordered: list[Any] = [None] * count
     for position, item in enumerate(data):
-        if not isinstance(item, Mapping) or not isinstance(item.get("embedding"), list):
-            raise AnswerShapeError(f"data[{position}] has no 'embedding' list")
+        vector = item.get("embedding") if isinstance(item, Mapping) else None
+        if vector.__class__ is not list:
+            vector = _from_base64(vector, position)
         index = item.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count or ordered[index] is not None:
             raise AnswerShapeError(f"data[{position}] has a bad index {index!r}")
-        ordered[index] = item["embedding"]
+        ordered[index] = vector
     return ordered
+
+
+def _from_base64(vector: Any, position: int) -> list[float]:
+    """``encoding_format: "base64"`` (OpenAI, vLLM): the vector's little-endian float32 bytes in base64."""
+    if not isinstance(vector, str):
+        raise AnswerShapeError(f"data[{position}] has no 'embedding' list")
+    try:
+        raw = base64.b64decode(vector, validate=True)
+    except (binascii.Error, ValueError):
+        raise AnswerShapeError(f"data[{position}].embedding is text but not base64") from None
+    if len(raw) % 4:
+        raise AnswerShapeError(f"data[{position}].embedding decodes to {len(raw)} bytes, not float32 values")
+    floats = array.array("f", raw)
+    if sys.byteorder == "big":
+        floats.byteswap()
+    return floats.tolist()
 
 
 def _predictions(body: Mapping[str, Any], count: int) -> list[Any]:
@@ -124,22 +265,91 @@ def _predictions(body: Mapping[str, Any], count: int) -> list[Any]:
     return predictions
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """What an error body says: the endpoint's own words, its error code or type (``insufficient_quota``,
+    ``REQUEST_LIMIT_EXCEEDED``), and the HTTP status that code stands for, when it names one."""
+
+    text: str
+    kind: str | None = None
+    status: int | None = None
+
+
 def error_text(content: bytes, limit: int = 1000) -> str:
     """The endpoint's own words from an error body: OpenAI ``error.message``, Databricks ``error_code: message``."""
+    return error_info(content, limit).text
+
+
+def error_info(content: bytes, limit: int = 1000) -> ErrorInfo:
     try:
         body = json.loads(content)
-    except ValueError:
-        text = content.decode("utf-8", "replace").strip()
-        return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
-    if isinstance(body, Mapping):
-        error = body.get("error")
-        if isinstance(error, Mapping) and error.get("message"):
-            code = error.get("code") or error.get("type")
-            return f"{code}: {error['message']}" if code else str(error["message"])
-        if isinstance(error, str):  # OAuth (RFC 6749) puts the words in error_description
-            description = body.get("error_description")
-            return f"{error}: {description}" if description else error
-        if body.get("error_code") or body.get("message"):
-            return ": ".join(str(body[k]) for k in ("error_code", "message") if body.get(k))
+    except (ValueError, RecursionError):
+        return ErrorInfo(_plain_text(content.decode("utf-8", "replace"), limit))
+    info = _described_error(body) if isinstance(body, Mapping) else None
+    if info is not None:
+        return info
     text = json.dumps(body)
-    return (text[:limit] + "...") if len(text) > limit else text
+    return ErrorInfo((text[:limit] + "...") if len(text) > limit else text)
+
+
+def embedded_error(body: Any) -> ErrorInfo | None:
+    """The error some routers and gateways send inside an HTTP 200 body, with no answer beside it."""
+    if not isinstance(body, Mapping) or any(key in body for key in ("choices", "data", "predictions")):
+        return None
+    return _described_error(body)
+
+
+def _described_error(body: Mapping[str, Any]) -> ErrorInfo | None:
+    error = body.get("error")
+    if isinstance(error, Mapping) and error.get("message"):
+        code, kind = error.get("code"), error.get("type")
+        named = _status_of(code)
+        word = code if isinstance(code, str) and named is None and code else kind if isinstance(kind, str) else None
+        text = f"{word}: {error['message']}" if word else str(error["message"])
+        quota = next((k for k in (code, kind) if isinstance(k, str) and k in QUOTA_KINDS), None)  # either may say it; it must not be lost
+        return ErrorInfo(text, quota or word, named or _kind_status(code) or _kind_status(kind))
+    if isinstance(error, str) and error:  # OAuth (RFC 6749) puts the words in error_description
+        description = body.get("error_description")
+        return ErrorInfo(f"{error}: {description}" if description else error, error, _kind_status(error))
+    if body.get("error_code") or body.get("message"):
+        code = body.get("error_code")
+        text = ": ".join(str(body[k]) for k in ("error_code", "message") if body.get(k))
+        return ErrorInfo(text, code if isinstance(code, str) else None, _kind_status(code))
+    return None
+
+
+def _status_of(code: Any) -> int | None:
+    """A numeric error code that is an HTTP status (OpenRouter and LiteLLM send ``"code": 429``)."""
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    return code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
+
+
+def _kind_status(kind: Any) -> int | None:
+    return _KIND_STATUS.get(kind) if isinstance(kind, str) else None
+
+
+# Error codes and types of OpenAI, Anthropic-style gateways and Databricks, as the HTTP status each stands for.
+_KIND_STATUS = {
+    "rate_limit_exceeded": 429, "rate_limit_error": 429, "insufficient_quota": 429, "REQUEST_LIMIT_EXCEEDED": 429,
+    "RESOURCE_EXHAUSTED": 429, "server_error": 500, "internal_error": 500, "api_error": 500, "INTERNAL_ERROR": 500,
+    "overloaded_error": 503, "service_unavailable": 503, "TEMPORARILY_UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+    "timeout": 504, "invalid_request_error": 400, "BAD_REQUEST": 400, "INVALID_PARAMETER_VALUE": 400,
+    "context_length_exceeded": 400, "authentication_error": 401, "invalid_api_key": 401, "UNAUTHENTICATED": 401,
+    "permission_error": 403, "PERMISSION_DENIED": 403, "not_found_error": 404, "model_not_found": 404,
+    "RESOURCE_DOES_NOT_EXIST": 404, "ENDPOINT_NOT_FOUND": 404,
+}
+
+_TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title\s*>", re.S | re.I)
+
+
+def _plain_text(text: str, limit: int) -> str:
+    """A body that is not JSON, shown as a person would read it: an HTML page from a proxy by its title (or its
+    text without tags), anything else as it came."""
+    text = text.strip()
+    if text[:1] == "<" and re.match(r"<(!doctype\s+html|html|head|body)\b", text, re.I):
+        title = _TITLE.search(text)
+        words = " ".join(html.unescape(_TAGS.sub(" ", title.group(1) if title else text)).split())
+        text = f"an HTML page: {words}" if words else "an HTML page"
+    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")

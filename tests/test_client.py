@@ -207,7 +207,7 @@ def test_unreadable_200_exhausted():
     error = result.error
     assert isinstance(error, InvalidResponseError) and error.retryable and result.attempts == 3
     assert "AI_FUNCTION_INVALID_HTTP_RESPONSE" in str(error) and "not JSON" in str(error)
-    assert "<html>oops</html>" in str(error)
+    assert error.detail == "unexpected answer (not JSON but an HTML page: oops)"
 
 
 @pytest.mark.parametrize("code,body,text", [

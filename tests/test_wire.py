@@ -182,7 +182,7 @@ def as_bytes(value) -> bytes:
     (as_bytes({"error_code": "BAD_REQUEST"}), "BAD_REQUEST"),
     (as_bytes({"message": "only a message"}), "only a message"),
     # anything else is shown as it came
-    (b"<html><body>502 Bad Gateway</body></html>", "<html><body>502 Bad Gateway</body></html>"),
+    (b"<html><body>502 Bad Gateway</body></html>", "an HTML page: 502 Bad Gateway"),
     (b"  upstream connect error  \n", "upstream connect error"),
     (b"", "(empty body)"),
     (b"\xff\xfe not utf-8", "\ufffd\ufffd not utf-8"),
