@@ -119,6 +119,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# How an embeddings endpoint may send vectors: JSON numbers, or base64 of little-endian float32 (OpenAI, vLLM).
+_VECTOR_ENCODINGS = ("float", "base64")
+
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], bool], str]] = {
     # key: (type check, type name, range check, range text)
     "max_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", lambda v: v > 0, "> 0"),
@@ -165,6 +168,10 @@ def check_model_parameters(config: EndpointConfig, parameters: Any) -> dict[str,
         value = _plain(raw)
         if value is None:
             continue
+        if key == "encoding_format" and config.task == "embeddings" and value not in _VECTOR_ENCODINGS:
+            raise InvalidModelParametersError("UNSUPPORTED_MODEL_PARAMETER",
+                                              f"'encoding_format' must be 'float' or 'base64' (the encodings an "
+                                              f"ARRAY<FLOAT> result is read from), got {value!r}")
         if key in _CHECKS:
             type_ok, type_name, range_ok, range_text = _CHECKS[key]
             if not type_ok(value):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .client import CallResult, EndpointClient
-from .errors import EmptyRequestError, EndpointError, HTTPRequestError
+from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError
 from .wire import MULTI_INPUT_TASKS
 
 __all__ = ["RowOutcome", "answer_rows", "Memo", "MEMO_ENTRIES"]
@@ -181,24 +181,26 @@ async def _ask(client: EndpointClient, fresh: list[tuple[Any, Any]], groups: dic
                                                  response_format)
                                      for chunk in chunks))
     for chunk, pieces in zip(chunks, results):
-        for (key, _), (result, share, first) in zip(chunk, pieces):
-            fill = _outcome(result, share, first, convert)
+        for (key, _), (result, share, first, parts) in zip(chunk, pieces):
+            fill = _outcome(client.config.name, result, share, first, parts, convert)
             _fill(outcomes, groups[key], fill, paid=True)
             if key in promises:
                 promises[key].set_result(fill)
 
 
 async def _call_chunk(client: EndpointClient, chunk: list[Any], params: Mapping[str, Any] | None,
-                      response_format: Mapping[str, Any] | None) -> list[tuple[CallResult, int, bool]]:
-    """Per input: its call, its position in that call, whether it is the call's first input."""
+                      response_format: Mapping[str, Any] | None) -> list[tuple[CallResult, int, bool, int]]:
+    """Per input: its call, its position in that call, whether it is the call's first input, the call's inputs."""
     result = await client.call(chunk, params, response_format)
-    refused = isinstance(result.error, HTTPRequestError) and not result.error.retryable
+    # A refusal of the account (no quota left) is not about one row: asking row by row would only repeat it.
+    refused = (isinstance(result.error, HTTPRequestError) and not result.error.retryable
+               and not isinstance(result.error, QuotaExceededError))
     if len(chunk) > 1 and refused:
         singles = await asyncio.gather(*(client.call([value], params, response_format) for value in chunk))
-        first = [(single, 0, True) for single in singles]
-        first[0] = (_merged(result, singles[0]), 0, True)
+        first = [(single, 0, True, 1) for single in singles]
+        first[0] = (_merged(result, singles[0]), 0, True, 1)
         return first
-    return [(result, position, position == 0) for position in range(len(chunk))]
+    return [(result, position, position == 0, len(chunk)) for position in range(len(chunk))]
 
 
 def _merged(refused: CallResult, single: CallResult) -> CallResult:
@@ -212,9 +214,10 @@ def _spread(total: int, parts: int, position: int) -> int:
     return base + (1 if position < extra else 0)
 
 
-def _outcome(result: CallResult, position: int, first: bool,
+def _outcome(endpoint: str, result: CallResult, position: int, first: bool, parts: int,
              convert: Callable[[Any], Any] | None) -> RowOutcome:
-    parts = len(result.results) if result.results is not None else 1
+    """``parts``: the inputs the call carried, so its tokens are spread over them even when it failed (an
+    endpoint may bill an answer it gave in a shape that could not be used)."""
     usage = result.usage
     outcome = RowOutcome(
         attempts=result.attempts, latency_ms=result.latency * 1000.0,
@@ -231,4 +234,7 @@ def _outcome(result: CallResult, position: int, first: bool,
         outcome.answered = True
     except EndpointError as exc:
         outcome.error = exc
+    except Exception as exc:  # noqa: BLE001 - no answer, whatever its shape, may fail more than its own row
+        outcome.error = ParseCastError(endpoint, f"the answer could not be converted to the result "
+                                       f"type ({type(exc).__name__}: {exc})")
     return outcome

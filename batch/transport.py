@@ -9,18 +9,29 @@ about a third of the client's CPU per request (see ``benchmarks/client_transport
 Over ``AiohttpTransport`` both ways end in one exchange, so they send the same request and raise
 the same httpx errors.
 Retries are never done here: the one retry loop is in ``batch.client``.
+
+Proxies come from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, in either case)
+as httpx, requests and the openai client read them, because clusters often reach the internet only through
+one. They are read once per URL, not per request: aiohttp's own ``trust_env`` reads them (and ``.netrc``) in a
+thread on every request, and it ignores ``ALL_PROXY``, ``https://`` proxies and networks in ``NO_PROXY``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from typing import Any, Awaitable, Mapping
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport", "Poster", "Reply", "make_transport", "poster", "TRANSPORTS"]
+from .errors import ConfigError
+
+__all__ = ["AiohttpTransport", "Poster", "Proxy", "Reply", "make_transport", "poster", "proxy_for", "TRANSPORTS"]
 
 TRANSPORTS = ("aiohttp", "httpx")
 
@@ -35,6 +46,61 @@ def _sendable_headers(headers: httpx.Headers) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in _SKIP_HEADERS}
 
 
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """Where to send a request instead: the proxy's URL without credentials, which travel in ``headers`` only
+    (``Proxy-Authorization``), so that no error message can show them."""
+
+    url: str
+    headers: Mapping[str, str] | None = None
+
+
+def proxy_for(url: str) -> Proxy | None:
+    """The proxy the environment names for ``url``: ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the URL's scheme, else
+    ``ALL_PROXY``; lowercase names win over uppercase; ``NO_PROXY`` lists hosts, domain suffixes, IP addresses,
+    networks (``10.0.0.0/8``) or ``*``, which go direct."""
+    proxies = urllib.request.getproxies_environment()
+    if not proxies:
+        return None
+    target = urllib.parse.urlsplit(url)
+    if _bypassed(target.hostname or "", target.port, proxies.get("no", "")):
+        return None
+    chosen = proxies.get(target.scheme) or proxies.get("all")
+    if not chosen:
+        return None
+    proxy = urllib.parse.urlsplit(chosen if "://" in chosen else "http://" + chosen)  # httpx takes host:port too
+    if proxy.scheme not in ("http", "https"):
+        raise ConfigError(f"the environment names a {proxy.scheme}:// proxy for {target.scheme} requests to "
+                          f"{target.hostname}; only http:// and https:// proxies are supported: set HTTPS_PROXY to "
+                          "one, or list the host in NO_PROXY")
+    netloc = proxy.hostname or ""
+    netloc = f"[{netloc}]" if ":" in netloc else netloc
+    netloc += f":{proxy.port}" if proxy.port else ""
+    headers = None
+    if proxy.username:
+        auth = aiohttp.BasicAuth(urllib.parse.unquote(proxy.username), urllib.parse.unquote(proxy.password or ""))
+        headers = {"Proxy-Authorization": auth.encode()}
+    return Proxy(f"{proxy.scheme}://{netloc}", headers)
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    if not no_proxy:
+        return False
+    if urllib.request.proxy_bypass_environment(f"{host}:{port}" if port else host, {"no": no_proxy}):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in no_proxy.split(","):
+        try:
+            if address in ipaddress.ip_network(entry.strip().strip("[]"), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one ``aiohttp.ClientSession``, opened lazily in the running loop.
 
@@ -47,6 +113,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._proxies: dict[str, Proxy | None] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         ssl_arg: ssl.SSLContext | bool = True if self._verify else False
@@ -63,15 +130,26 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, connect=key[0], sock_read=key[1])
         return timeout
 
+    def proxy(self, url: str) -> Proxy | None:
+        """The environment's proxy for ``url``, read once per origin."""
+        origin = url.split("/", 3)[:3]
+        key = "/".join(origin)
+        if key not in self._proxies:
+            self._proxies[key] = proxy_for(url)
+        return self._proxies[key]
+
     async def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                        timeout: aiohttp.ClientTimeout,
+                        timeout: aiohttp.ClientTimeout, proxy: Proxy | None,
                         request: httpx.Request | None = None) -> tuple[aiohttp.ClientResponse, bytes]:
         """One request and its whole (still encoded) body; aiohttp's failures raised as httpx's.
         ``request`` is only there to be named by those errors."""
         session = self._session or self._open()
+        if proxy is not None and proxy.headers and url[:5] == "http:":  # sent to the proxy with the request itself;
+            headers = {**headers, **proxy.headers}                      # aiohttp sends proxy_headers on CONNECT only
         try:
             async with session.request(method, url, data=body, headers=headers, timeout=timeout,
-                                       allow_redirects=False) as resp:
+                                       allow_redirects=False, proxy=proxy and proxy.url,
+                                       proxy_headers=proxy and proxy.headers) as resp:
                 return resp, await resp.read()
         except asyncio.TimeoutError as exc:
             raise httpx.ReadTimeout(f"timed out: {exc}", request=request) from None
@@ -84,17 +162,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except aiohttp.ClientError as exc:
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request) from None
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: aiohttp.ClientTimeout) -> Reply:
+    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: aiohttp.ClientTimeout,
+                   proxy: Proxy | None = None) -> Reply:
         """The fast path: a POST without httpx objects, unless the body is compressed (rare) and httpx decodes it."""
-        resp, content = await self._exchange("POST", url, headers, body, timeout)
+        resp, content = await self._exchange("POST", url, headers, body, timeout, proxy)
         if "Content-Encoding" in resp.headers:
             content = httpx.Response(resp.status, headers=list(resp.raw_headers), content=content).read()
         return resp.status, resp.headers, content
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        resp, content = await self._exchange(request.method, str(request.url), _sendable_headers(request.headers),
+        url = str(request.url)
+        resp, content = await self._exchange(request.method, url, _sendable_headers(request.headers),
                                              request.content, self.timeout(request.extensions.get("timeout", {})),
-                                             request)
+                                             self.proxy(url), request)
         return httpx.Response(resp.status, headers=list(resp.raw_headers), content=content, request=request)
 
     async def aclose(self) -> None:
@@ -148,13 +228,14 @@ class _AiohttpPoster(Poster):
         self._transport = transport
         self._url = url
         self._timeout = transport.timeout(timeouts)
+        self._proxy = transport.proxy(url)
 
     def prepare(self, headers: httpx.Headers) -> dict[str, str]:
         return _sendable_headers(headers)
 
     def send(self, headers: dict[str, str], body: bytes) -> Awaitable[Reply]:
         # Not a coroutine of its own: the transport's is handed back, one frame less per request.
-        return self._transport.post(self._url, headers, body, self._timeout)
+        return self._transport.post(self._url, headers, body, self._timeout, self._proxy)
 
 
 def poster(transport: httpx.AsyncBaseTransport, url: str, timeouts: Mapping[str, float | None]) -> Poster:
