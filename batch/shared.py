@@ -18,6 +18,7 @@ import hashlib
 import logging
 import mmap
 import os
+import stat
 import tempfile
 import time
 from array import array
@@ -28,7 +29,7 @@ try:
 except ImportError:  # not a POSIX system: every worker keeps its own pace
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Slab", "path_for", "shared_dir"]
+__all__ = ["Slab", "path_for", "shared_dir", "private_dir"]
 
 log = logging.getLogger("batch.shared")
 
@@ -39,6 +40,20 @@ STALE_FILE_S = 24 * 3600.0  # files untouched for a day belong to endpoints nobo
 def shared_dir() -> Path:
     base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     return base / f"spark-ai-query-{os.getuid()}"
+
+
+def private_dir(folder: str | Path | None = None) -> Path:
+    """``shared_dir()`` (or ``folder``), made if need be, and refused unless it is this user's alone (0700).
+
+    /dev/shm and the temp directory are writable by everyone: a folder of that name made by
+    someone else first would otherwise receive what this user's workers write there.
+    """
+    path = Path(folder) if folder is not None else shared_dir()
+    path.mkdir(mode=0o700, parents=folder is not None, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{path} is not a folder private to this user (mode 0700)")
+    return path
 
 
 def path_for(key: str) -> Path:
@@ -70,8 +85,7 @@ class Slab:
 
     def _open(self, key: str) -> None:
         self.path = path_for(key)
-        folder = self.path.parent
-        folder.mkdir(mode=0o700, exist_ok=True)
+        folder = private_dir()
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:

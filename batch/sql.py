@@ -28,9 +28,9 @@ from pyspark.sql.functions import pandas_udf
 
 from .arguments import QuerySpec, build_spec
 from .config import get_endpoint, registry
-from .engine import answer_rows
 from .errors import ConfigError
 from .functions import SLOTS_CONF, rate_share, task_slots
+from .memo import MemoSettings, answer_remembered, settings_from_env
 from .runtime import worker_runtime
 from .udf import make_udf, request_values, result_sql, rows_to_frame
 
@@ -49,6 +49,7 @@ def register(spark: SparkSession, name: str = "ai_query") -> None:
     """
     entries = {n: registry.get(n) for n in registry.names()}
     specs = _SpecCache(entries)
+    remember = settings_from_env()  # one scope for every query through this registration
 
     def ai_query(endpoint: pd.Series, request: pd.Series, returnType: pd.Series = None,
                  failOnError: pd.Series = None, modelParameters: pd.DataFrame = None,
@@ -56,7 +57,7 @@ def register(spark: SparkSession, name: str = "ai_query") -> None:
         spec = specs.get(first(endpoint), first(returnType), first(failOnError),
                          None if modelParameters is None else modelParameters.iloc[0].to_dict(),
                          first(responseFormat))
-        return answer_series(spec, request_values(request, spec))
+        return answer_series(spec, request_values(request, spec), remember=remember)
 
     pin_task_slots(spark)
     spark.udf.register(name, pandas_udf(ai_query, T.StringType()).asNondeterministic())
@@ -95,11 +96,13 @@ def worker_share(config: Any) -> float:
     return 1.0 / int(value) if value and value.isdigit() and int(value) > 0 else 1.0
 
 
-def answer_series(spec: QuerySpec, values: list[Any], share: float | None = None) -> pd.Series:
+def answer_series(spec: QuerySpec, values: list[Any], share: float | None = None,
+                  remember: MemoSettings | None = None) -> pd.Series:
+    """``remember``: the host memo's settings, from the driver (None: no memo, each batch asks afresh)."""
     runtime = worker_runtime()
     client = runtime.client(spec.endpoint, worker_share(spec.endpoint) if share is None else share)
-    outcomes = runtime.run(answer_rows(client, values, params=spec.params, response_format=spec.response_format,
-                                       convert=spec.converter()))
+    outcomes = runtime.run(answer_remembered(remember, client, values, params=spec.params,
+                                             response_format=spec.response_format, convert=spec.converter()))
     return rows_to_frame(outcomes, spec, with_metadata=False)
 
 

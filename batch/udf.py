@@ -23,9 +23,12 @@ from pyspark.sql import Column
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
+from pyspark.sql.pandas.types import to_arrow_type
+
 from .arguments import QuerySpec
-from .engine import Memo, RowOutcome, answer_rows
-from .errors import EndpointError, InvalidRequestTypeError
+from .engine import Memo, RowOutcome
+from .errors import EndpointError, InvalidRequestTypeError, ParseCastError
+from .memo import answer_remembered, settings_from_env
 from .runtime import worker_runtime
 
 __all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column", "result_sql",
@@ -152,7 +155,53 @@ def raise_failures(outcomes: list[RowOutcome]) -> None:
         raise _failure(outcomes)
 
 
+_ARROW_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError, ArithmeticError)
+
+
+def arrow_type(data_type: T.DataType) -> pa.DataType:
+    return to_arrow_type(data_type, timezone="UTC")
+
+
+def keep_storable(outcomes: list[RowOutcome], spec: QuerySpec) -> None:
+    """Make every answered value one Arrow can store, or that row's error.
+
+    The casts aim to give only storable values, but an answer that slips through (a lone surrogate
+    from a JSON escape, a NULL map key) would otherwise fail the whole batch inside PySpark, after
+    this code has returned, with failOnError => false too. One Arrow conversion of the batch costs
+    little; only when it fails is each row tried alone, to find the ones at fault.
+    """
+    kind = arrow_type(spec.result_type)
+    try:
+        pa.array([o.value for o in outcomes], type=kind, from_pandas=True)
+        return
+    except _ARROW_ERRORS:
+        pass
+    for outcome in outcomes:
+        if outcome.value is None:
+            continue
+        try:
+            pa.array([outcome.value], type=kind, from_pandas=True)
+            continue
+        except _ARROW_ERRORS as exc:
+            problem = exc
+        repaired = _valid_text(outcome.value)
+        if repaired is not None:
+            outcome.value = repaired
+            continue
+        outcome.value, outcome.answered = None, False
+        outcome.error = ParseCastError(spec.endpoint.name, f"the answer cannot be stored as "
+                                       f"{spec.result_type.simpleString()}: {problem}")
+
+
+def _valid_text(value: Any) -> str | None:
+    """Text with lone surrogates (JSON can escape half an emoji) made valid, as a cut UTF-8 body is: U+FFFD."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def rows_to_frame(outcomes: list[RowOutcome], spec: QuerySpec, with_metadata: bool) -> pd.Series | pd.DataFrame:
+    keep_storable(outcomes, spec)
     results = [o.value for o in outcomes]
     if spec.fail_on_error and not with_metadata:
         raise_failures(outcomes)
@@ -186,6 +235,7 @@ def pipelined(batches: Iterable[Any], start: Callable[[Any], Any], finish: Calla
 def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float = 1.0, name: str = "ai_query"):
     """An iterator pandas UDF answering ``spec`` for one request column (apply ``result_column`` to its call)."""
     params, response_format = spec.params, spec.response_format
+    remember = settings_from_env()  # read here, on the driver: see MemoSettings
 
     def run(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         runtime = worker_runtime()
@@ -194,8 +244,8 @@ def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float 
         memo = Memo()
 
         def start(batch: pd.Series) -> Any:
-            return runtime.submit(answer_rows(client, request_values(batch, spec), params=params,
-                                              response_format=response_format, convert=convert, memo=memo))
+            return runtime.submit(answer_remembered(remember, client, request_values(batch, spec), params=params,
+                                                    response_format=response_format, convert=convert, memo=memo))
 
         yield from pipelined(readable(batches, spec), start,
                              lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))

@@ -1,0 +1,338 @@
+"""The host memo: answers already paid for, kept where every Python worker of the host can read them.
+
+Spark evaluates a plan's UDF more than once in ordinary operation: a sort samples
+its input in a job of its own before the real one (range partitioning), a failed or
+killed task runs again, a speculative copy runs beside a slow one, and an action run
+twice on one DataFrame evaluates it twice. Each of those runs lands in a Python worker
+that knows nothing of the others, so without a memo each pays the endpoint again.
+
+Entries live in one SQLite database (WAL mode, so readers never wait for a writer)
+in the per-user folder of ``batch.shared``. A key is a SHA-256 of what is sent (the
+endpoint entry's name and URL and the exact request body for one input) and of the
+scope it was asked in (see ``MemoSettings``), so no prompt or secret is readable from
+a file. Only successful answers are kept: a failed row is asked again. Everything
+here fails open: if the folder or the database cannot be used, the endpoint is called
+as if there were no memo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from array import array
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from .config import EndpointConfig
+from .engine import RowOutcome, answer_rows
+from .errors import EndpointError
+from .shared import private_dir
+from .wire import request_body
+
+__all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
+           "answer_remembered", "FILE_NAME"]
+
+log = logging.getLogger("batch.memo")
+
+FILE_NAME = "memo.sqlite3"
+PRUNE_EVERY = 512  # stores between two prunes in one process
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
+@dataclass(frozen=True)
+class MemoSettings:
+    """Captured on the driver when a column is built, so a notebook's ``os.environ`` change takes effect
+    for the next column without restarting the workers (whose environment is fixed at JVM start).
+
+    ``scope`` joins every key: a fresh one per built column by default, so the re-evaluations of one plan
+    share answers while a new query asks afresh (a temperature above zero is meant to give new samples,
+    and an endpoint name may point at a new model tomorrow). ``BATCH_MEMO_SCOPE=host`` shares answers
+    between all queries of the user on the host, up to ``max_age_s``.
+    """
+
+    enabled: bool = True
+    scope: str = field(default_factory=lambda: uuid.uuid4().hex)
+    max_age_s: float = 6 * 3600.0
+    max_entries: int = 200_000
+    max_bytes: int = 256 * 1024 * 1024
+    folder: str | None = None  # None: batch.shared's per-user folder
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """One answer may not take more than a small part of the memo, or it would push everything out."""
+        return max(1, self.max_bytes // 64)
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> MemoSettings:
+    env = os.environ if env is None else env
+    enabled = env.get("BATCH_MEMO", "on").strip().lower() not in ("off", "0", "false", "no")
+    settings = MemoSettings(enabled=enabled, folder=env.get("BATCH_MEMO_DIR") or None)
+    if env.get("BATCH_MEMO_SCOPE", "").strip().lower() == "host":
+        settings = replace(settings, scope="host")
+    numbers = {"max_age_s": ("BATCH_MEMO_MAX_AGE_S", float), "max_entries": ("BATCH_MEMO_MAX_ENTRIES", int),
+               "max_bytes": ("BATCH_MEMO_MAX_MB", lambda v: int(float(v) * 1024 * 1024))}
+    for name, (variable, parse) in numbers.items():
+        if env.get(variable):
+            try:
+                settings = replace(settings, **{name: parse(env[variable])})
+            except ValueError:
+                log.warning("ignoring %s=%r: not a number", variable, env[variable])
+    return settings
+
+
+def fingerprint(scope: str, config: EndpointConfig, value: Any, params: Mapping[str, Any] | None,
+                response_format: Mapping[str, Any] | None) -> bytes:
+    """What one input would be sent as, hashed: the same body asked of the same endpoint gets the same key."""
+    body = request_body(config, [value], params, response_format)
+    text = f"{scope}\x00{config.name}\x00{config.url()}\x00{_encode(body)}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def _pack(value: Any) -> bytes | None:
+    """Text as UTF-8 and vectors as raw float64 (an embedding a row: JSON would cost far more), else JSON."""
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if hasattr(value, "dtype") and getattr(value, "ndim", 0) == 1 and value.dtype.kind == "f":
+        return b"f" + value.astype("<f8", copy=False).tobytes()
+    if isinstance(value, list) and value and all(type(x) is float for x in value):
+        return b"f" + array("d", value).tobytes()
+    try:
+        return b"j" + _encode(value).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError):
+        return None  # not JSON (a type we do not know): simply not memoised
+
+
+def _unpack(blob: bytes) -> Any:
+    kind, data = blob[:1], blob[1:]
+    if kind == b"s":
+        return data.decode("utf-8", "surrogatepass")
+    if kind == b"f":
+        return array("d", data).tolist()
+    return json.loads(data.decode("utf-8", "surrogatepass"))
+
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS memo (key BLOB PRIMARY KEY, stored REAL NOT NULL, size INTEGER NOT NULL, "
+           "value BLOB NOT NULL) WITHOUT ROWID", "CREATE INDEX IF NOT EXISTS memo_stored ON memo (stored)")
+_LOOKUP_CHUNK = 500
+
+
+class HostMemo:
+    """One process's handle on the host's memo; a closed (failed) handle answers nothing and stores nothing.
+
+    Used from the worker's event loop thread and from Python's main thread, so each thread has its own
+    connection (SQLite connections are not to be shared between threads) and a fork gets new ones.
+    """
+
+    def __init__(self, settings: MemoSettings, clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.clock = settings, clock
+        self.path = None
+        self._local = threading.local()
+        self._stores = 0
+        self.broken = not settings.enabled
+        if not self.broken:
+            try:
+                folder = private_dir(settings.folder)
+                self.path = folder / FILE_NAME
+                self._connection()
+                self.prune()
+            except (OSError, sqlite3.Error) as exc:
+                self._give_up(exc)
+
+    @property
+    def usable(self) -> bool:
+        return not self.broken
+
+    def _give_up(self, exc: BaseException) -> None:
+        if not self.broken:
+            log.warning("answer memo off for this worker (%s): every request goes to the endpoint", exc)
+        self.broken = True
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=True)
+            os.chmod(self.path, 0o600)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=OFF")  # a memo lost with the machine is only asked again
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            local.connection, local.pid = connection, os.getpid()
+        return local.connection
+
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Any]:
+        """The answers stored for ``keys`` and young enough; a key without one is simply absent."""
+        if self.broken or not keys:
+            return {}
+        found: dict[bytes, Any] = {}
+        oldest = self.clock() - self.settings.max_age_s
+        try:
+            connection = self._connection()
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start:start + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in connection.execute(
+                        f"SELECT key, value FROM memo WHERE key IN ({marks}) AND stored >= ?", (*chunk, oldest)):
+                    found[key] = _unpack(blob)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            self._give_up(exc)
+            return {}
+        return found
+
+    def store(self, entries: Sequence[tuple[bytes, Any]]) -> None:
+        if self.broken or not entries:
+            return
+        now = self.clock()
+        rows = []
+        for key, value in entries:
+            blob = _pack(value)
+            if blob is not None and len(blob) <= self.settings.max_entry_bytes:
+                rows.append((key, now, len(blob), blob))
+        if not rows:
+            return
+        try:
+            connection = self._connection()
+            with connection:  # one transaction for the lot
+                connection.execute("BEGIN")
+                connection.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?)", rows)
+            self._stores += len(rows)
+            if self._stores >= PRUNE_EVERY:
+                self._stores = 0
+                self.prune()
+        except sqlite3.OperationalError as exc:  # busy past the timeout: this answer is not kept, that is all
+            log.debug("answer not memoised: %s", exc)
+        except (sqlite3.Error, OSError) as exc:
+            self._give_up(exc)
+
+    def prune(self) -> None:
+        """Forget what is too old, then the oldest until both bounds hold with a tenth to spare."""
+        if self.broken:
+            return
+        s = self.settings
+        try:
+            connection = self._connection()
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("DELETE FROM memo WHERE stored < ?", (self.clock() - s.max_age_s,))
+                count, size = connection.execute("SELECT COUNT(*), TOTAL(size) FROM memo").fetchone()
+                if count > s.max_entries or size > s.max_bytes:
+                    keep_count, keep_bytes, drop = int(s.max_entries * 0.9), s.max_bytes * 0.9, 0
+                    for (entry_size,) in connection.execute("SELECT size FROM memo ORDER BY stored"):
+                        if count - drop <= keep_count and size <= keep_bytes:
+                            break
+                        drop += 1
+                        size -= entry_size
+                    connection.execute("DELETE FROM memo WHERE key IN (SELECT key FROM memo ORDER BY stored "
+                                       "LIMIT ?)", (drop,))
+        except sqlite3.OperationalError as exc:
+            log.debug("memo not pruned this time: %s", exc)
+        except (sqlite3.Error, OSError) as exc:
+            self._give_up(exc)
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and self._local.pid == os.getpid():
+            connection.close()
+        self._local = threading.local()
+
+
+class RememberingClient:
+    """An endpoint client that keeps each successful answer in the host memo the moment it arrives.
+
+    Stored per call, not per batch, so a worker killed half way through a batch has kept what it
+    was paid for, and the task's next attempt finds it.
+    """
+
+    def __init__(self, client: Any, memo: HostMemo, scope: str) -> None:
+        self.client, self.memo, self.scope = client, memo, scope
+        self.config = client.config
+
+    def keys(self, values: Sequence[Any], params: Mapping[str, Any] | None,
+             response_format: Mapping[str, Any] | None) -> list[bytes | None]:
+        """One key per row (None for a NULL row); a value repeated in the batch is hashed once."""
+        seen: dict[str, bytes] = {}
+        keys: list[bytes | None] = []
+        for value in values:
+            if value is None:
+                keys.append(None)
+            elif isinstance(value, str):
+                key = seen.get(value)
+                if key is None:
+                    key = seen[value] = fingerprint(self.scope, self.config, value, params, response_format)
+                keys.append(key)
+            else:
+                keys.append(fingerprint(self.scope, self.config, value, params, response_format))
+        return keys
+
+    async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
+                   response_format: Mapping[str, Any] | None = None) -> Any:
+        result = await self.client.call(inputs, params, response_format)
+        if result.error is None and result.results is not None and len(result.results) == len(inputs):
+            try:
+                keys = self.keys(inputs, params, response_format)
+                self.memo.store([(key, answer) for key, answer in zip(keys, result.results) if key is not None])
+            except Exception as exc:  # noqa: BLE001 - the memo never costs an answer
+                log.debug("answer not memoised: %s", exc)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+_handles: dict[tuple, HostMemo] = {}
+_handles_lock = threading.Lock()
+
+
+def host_memo(settings: MemoSettings) -> HostMemo | None:
+    """This process's handle for the settings' folder and bounds (opened once, pruned once), or None when off."""
+    if not settings.enabled:
+        return None
+    bounds = (settings.folder, settings.max_age_s, settings.max_entries, settings.max_bytes, os.getpid())
+    with _handles_lock:
+        memo = _handles.get(bounds)
+        if memo is None:
+            memo = _handles[bounds] = HostMemo(settings)
+    return memo if memo.usable else None
+
+
+def _remembered(answer: Any, convert: Callable[[Any], Any] | None) -> RowOutcome:
+    """A row answered from the memo: no request, no attempt, no token, no latency of its own."""
+    try:
+        return RowOutcome(value=convert(answer) if convert is not None else answer, answered=True)
+    except EndpointError as exc:
+        return RowOutcome(error=exc)
+
+
+async def answer_remembered(settings: MemoSettings | None, client: Any, values: Sequence[Any], *,
+                            params: Mapping[str, Any] | None = None,
+                            response_format: Mapping[str, Any] | None = None,
+                            convert: Callable[[Any], Any] | None = None, memo: Any = None) -> list[RowOutcome]:
+    """``answer_rows``, with the rows whose answer the host already paid for filled from the memo and every
+    fresh answer kept there as it arrives."""
+    host = host_memo(settings) if settings is not None else None
+    if host is None:
+        return await answer_rows(client, values, params=params, response_format=response_format, convert=convert,
+                                 memo=memo)
+    remembering = RememberingClient(client, host, settings.scope)
+    try:
+        keys = remembering.keys(values, params, response_format)
+    except Exception as exc:  # noqa: BLE001 - a value we cannot fingerprint is simply asked
+        log.debug("batch not memoised: %s", exc)
+        return await answer_rows(client, values, params=params, response_format=response_format, convert=convert,
+                                 memo=memo)
+    found = host.lookup(list({k for k in keys if k is not None}))
+    asked = values if not found else [None if k in found else v for v, k in zip(values, keys)]
+    outcomes = await answer_rows(remembering, asked, params=params, response_format=response_format,
+                                 convert=convert, memo=memo)
+    if found:
+        hits: dict[bytes, RowOutcome] = {}
+        for index, key in enumerate(keys):
+            if key in found:
+                hit = hits.get(key)
+                outcomes[index] = hit if hit is not None else hits.setdefault(key, _remembered(found[key], convert))
+    return outcomes
