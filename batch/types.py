@@ -7,6 +7,8 @@ that say which part of the string is wrong.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import decimal
 import json
@@ -147,8 +149,6 @@ def parse_ddl(text: Any, what: str = "returnType") -> T.DataType:
             better = further > reached and "text ended" not in second.reason
             raise ConfigError(f"{what}: {(second if better else error).reason}")
         result = fields
-    if isinstance(result, T.BinaryType) or _contains(result, T.BinaryType):
-        raise ConfigError(f"{what}: BINARY cannot come from a JSON answer")
     return result
 
 
@@ -200,6 +200,8 @@ def to_json_schema(data_type: T.DataType) -> dict[str, Any]:
         return {"type": "string", "format": "date"}
     if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
         return {"type": "string", "format": "date-time"}
+    if isinstance(data_type, T.BinaryType):
+        return {"type": "string", "description": "base64"}
     return {"type": "string"}
 
 
@@ -216,18 +218,26 @@ def caster(data_type: T.DataType, endpoint: str) -> Callable[[Any], Any]:
     """
     convert = _converter(data_type)
     type_name = data_type.simpleString()
+    floats = _JsonNumber if _contains(data_type, T.DecimalType) else float
 
     def cast(answer: Any) -> Any:
         try:
-            value = json.loads(answer) if isinstance(answer, str) else answer
+            value = json.loads(answer, parse_float=floats) if isinstance(answer, str) else answer
             return convert(value)
         except (ValueError, TypeError, ArithmeticError) as exc:
-            snippet = answer if isinstance(answer, str) else json.dumps(answer, default=str)
+            snippet = answer if isinstance(answer, str) else _snippet(answer)
             snippet = snippet if len(snippet) <= 300 else snippet[:300] + "..."
             raise ParseCastError(endpoint, f'Failed to parse model output when casting to the specified '
                                  f'returnType: "{type_name}" ({exc}), response JSON was: "{snippet}"') from None
 
     return cast
+
+
+def _snippet(answer: Any) -> str:
+    try:
+        return json.dumps(answer, default=str)
+    except (TypeError, ValueError):
+        return repr(answer)
 
 
 def field_caster(field: str, data_type: T.DataType, choices: Sequence[str], endpoint: str) -> Callable[[Any], Any]:
@@ -245,33 +255,26 @@ def field_caster(field: str, data_type: T.DataType, choices: Sequence[str], endp
 
 def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - one branch per type
     if isinstance(data_type, T.StringType):
-        return lambda v: v if v is None or isinstance(v, str) else json.dumps(v)
+        return lambda v: v if v is None or isinstance(v, str) else _compact(v)
     if isinstance(data_type, T.BooleanType):
         def boolean(v: Any) -> Any:
             if v is None or isinstance(v, bool):
                 return v
-            raise TypeError(f"expected a boolean, got {json.dumps(v)}")
+            raise TypeError(f"expected a boolean, got {_compact(v)}")
         return boolean
     if isinstance(data_type, T.IntegralType):
-        bits = _INT_RANGES[type(data_type)]
-
-        def integral(v: Any) -> Any:
-            if v is None:
-                return None
-            if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
-                raise TypeError(f"expected a whole number, got {json.dumps(v)}")
-            if not -(2 ** (bits - 1)) <= int(v) < 2 ** (bits - 1):
-                raise ValueError(f"{v} does not fit in {data_type.simpleString()}")
-            return int(v)
-        return integral
+        return _integral(data_type)
     if isinstance(data_type, T.DecimalType):
-        return lambda v: None if v is None else decimal.Decimal(str(_number(v)))
+        return _decimal(data_type)
     if isinstance(data_type, T.FractionalType):
-        return lambda v: None if v is None else float(_number(v))
+        return _fractional(isinstance(data_type, T.FloatType))
     if isinstance(data_type, T.DateType):
-        return lambda v: None if v is None else dt.date.fromisoformat(_text(v)[:10])
+        return lambda v: None if v is None else _date(v)
     if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
-        return lambda v: None if v is None else dt.datetime.fromisoformat(_text(v).replace("Z", "+00:00"))
+        zoned = isinstance(data_type, T.TimestampType)
+        return lambda v: None if v is None else _timestamp(v, zoned)
+    if isinstance(data_type, T.BinaryType):
+        return lambda v: None if v is None else _binary(v)
     if isinstance(data_type, T.ArrayType):
         return _array_converter(data_type)
     if isinstance(data_type, T.MapType):
@@ -302,6 +305,136 @@ def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - o
     raise ConfigError(f"unsupported type {data_type.simpleString()}")
 
 
+class _JsonNumber(float):
+    """A JSON number that keeps its text, so a DECIMAL gets every digit the model wrote, not a double's."""
+
+    __slots__ = ("text",)
+
+    def __new__(cls, text: str) -> "_JsonNumber":
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _compact(v: Any) -> str:
+    """JSON text as Spark writes it for a STRING field that held an object, an array or a number."""
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
+def _integral(data_type: T.DataType) -> Callable[[Any], Any]:
+    """Whole JSON numbers only: from_json refuses 3.0, 1e2 and "3" for an integer field. Out of range is an
+    error, where from_json gives NULL for INT and BIGINT and silently wraps TINYINT and SMALLINT."""
+    bits = _INT_RANGES[type(data_type)]
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+
+    def integral(v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"expected a whole number, got {_compact(v)}")
+        if not low <= v < high:
+            raise ValueError(f"{v} does not fit in {data_type.simpleString()}")
+        return v
+    return integral
+
+
+_NON_NUMBERS = {"NaN": float("nan"), "Infinity": float("inf"), "+Infinity": float("inf"),
+                "-Infinity": float("-inf")}
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+def _fractional(single: bool) -> Callable[[Any], Any]:
+    """As from_json: "NaN" and "Infinity" in quotes are numbers, other text is not; a FLOAT beyond its range
+    is infinite (numpy would say so with a warning, Arrow by refusing the batch)."""
+    def fractional(v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, str) and v in _NON_NUMBERS:
+            return _NON_NUMBERS[v]
+        number = float(_number(v))
+        if single and abs(number) > _FLOAT_MAX and number == number:
+            return float("inf") if number > 0 else float("-inf")
+        return number
+    return fractional
+
+
+def _decimal(data_type: T.DecimalType) -> Callable[[Any], Any]:
+    """Rounded half up to the scale, as Spark does; a value with more digits than the precision allows is an
+    error (from_json gives NULL, or fails in FAILFAST mode): Arrow would refuse the whole batch for it."""
+    step = decimal.Decimal(1).scaleb(-data_type.scale)
+    room = data_type.precision - data_type.scale  # digits left of the point
+    context = decimal.Context(prec=data_type.precision + 2, rounding=decimal.ROUND_HALF_UP)
+
+    def to_decimal(v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            try:
+                d = decimal.Decimal(v.strip())
+            except decimal.InvalidOperation:
+                raise TypeError(f"expected a number, got {_compact(v)}") from None
+        else:
+            d = decimal.Decimal(v.text if isinstance(v, _JsonNumber) else str(_number(v)))
+        if not d.is_finite():
+            raise ValueError(f"{v} is not a finite number")
+        if d and d.adjusted() >= room:
+            raise ValueError(f"{v} does not fit in {data_type.simpleString()}")
+        rounded = d.quantize(step, context=context)
+        if rounded and rounded.adjusted() >= room:  # 99.995 rounds up to 100.00
+            raise ValueError(f"{v} does not fit in {data_type.simpleString()}")
+        return rounded
+    return to_decimal
+
+
+# Spark's own date and time text: a year of four digits, then optional parts; 'T' or a space before the time.
+_DATE = re.compile(r"\s*(\d{4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?(?:[T ].*)?\s*$")
+_TIMESTAMP = re.compile(r"\s*(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:\.(\d*))?)?"
+                        r")?)?)?\s*(Z|UTC|GMT|[+-]\d{1,2}(?::?\d{2})?)?\s*$", re.IGNORECASE)
+
+
+def _date(v: Any) -> dt.date:
+    m = _DATE.match(_text(v))
+    if not m:
+        raise ValueError(f"{_compact(v)} is not a date (yyyy-mm-dd)")
+    year, month, day = (int(part) if part else 1 for part in m.groups())
+    return dt.date(year, month, day)
+
+
+def _timestamp(v: Any, zoned: bool) -> dt.datetime:
+    """Seconds since the epoch for a number (as from_json), else ISO 8601 text; text without a zone is in
+    the session's time zone, which is how Spark reads a naive Python datetime too."""
+    if zoned and isinstance(v, int) and not isinstance(v, bool):
+        return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=v)
+    m = _TIMESTAMP.match(_text(v))
+    if not m:
+        raise ValueError(f"{_compact(v)} is not a timestamp (yyyy-mm-ddThh:mm:ss[.ffffff][zone])")
+    year, month, day, hour, minute, second, fraction, zone = m.groups()
+    parts = [int(p) if p else d for p, d in zip((year, month, day, hour, minute, second), (0, 1, 1, 0, 0, 0))]
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    if zone is None:
+        return dt.datetime(*parts, micros)
+    if not zoned:
+        raise ValueError(f"{_compact(v)} has a time zone, which TIMESTAMP_NTZ cannot hold")
+    return dt.datetime(*parts, micros, tzinfo=_zone(zone))
+
+
+def _zone(text: str) -> dt.timezone:
+    if text.upper() in ("Z", "UTC", "GMT"):
+        return dt.timezone.utc
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    hours, minutes = (int(digits[:-2]), int(digits[-2:])) if len(digits) > 2 else (int(digits), 0)
+    return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
+
+
+def _binary(v: Any) -> bytes:
+    """BINARY travels in JSON as base64 text, which from_json decodes."""
+    try:
+        return base64.b64decode(_text(v), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{_compact(v)} is not base64") from None
+
+
 def _array_converter(data_type: T.ArrayType) -> Callable[[Any], Any]:
     """Numeric arrays (embeddings: thousands of numbers a row) convert in numpy, not element by element."""
     element = _converter(data_type.elementType)
@@ -310,26 +443,27 @@ def _array_converter(data_type: T.ArrayType) -> Callable[[Any], Any]:
     def array(v: Any) -> Any:
         if v is None:
             return None
+        if vector is not None and getattr(v, "ndim", 0) == 1 and v.dtype.kind in "iuf":  # decoded already
+            return v.astype(vector, copy=False)
         if not isinstance(v, list):
             raise TypeError(f"expected a JSON array, got {type(v).__name__}")
-        if vector is not None:
-            fast = np.asarray(v)
-            if fast.ndim == 1 and fast.dtype.kind in "iuf":
-                return fast.astype(vector, copy=False)
+        if vector is not None and set(map(type, v)) <= _PLAIN_NUMBERS:  # no true, no text, no null
+            return np.asarray(v, dtype=vector)
         return [element(x) for x in v]
     return array
 
 
+_PLAIN_NUMBERS = frozenset({int, float, _JsonNumber})
 _NUMPY_TYPES = {T.FloatType: np.float32, T.DoubleType: np.float64}
 
 
 def _number(v: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise TypeError(f"expected a number, got {json.dumps(v)}")
+        raise TypeError(f"expected a number, got {_compact(v)}")
     return v
 
 
 def _text(v: Any) -> str:
     if not isinstance(v, str):
-        raise TypeError(f"expected a date/time string, got {json.dumps(v)}")
+        raise TypeError(f"expected a date/time string, got {_compact(v)}")
     return v

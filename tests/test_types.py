@@ -33,8 +33,7 @@ def test_parse_ddl(text, expected):
 
 @pytest.mark.parametrize("text,needle", [
     ("STRUCT<a INT", "expected '>' but the text ended"), ("ARRAY<WIDGET>", "unknown type 'widget' at position 6"),
-    ("a INT, a STRING", "duplicate field names"), ("BINARY", "BINARY cannot come from a JSON answer"),
-    ("STRUCT<a: ARRAY<BINARY>>", "BINARY"), ("", "must be a DDL type string"), (None, "must be a DDL type string"),
+    ("a INT, a STRING", "duplicate field names"), ("", "must be a DDL type string"), (None, "must be a DDL type string"),
     ("INT extra", "unexpected 'extra'"), ("yaml", "unknown type 'yaml'"), ("a WIDGET", "unknown type 'widget'"),
 ])
 def test_parse_ddl_errors(text, needle):
@@ -59,8 +58,8 @@ def test_json_schema_is_strict():
 
 
 @pytest.mark.parametrize("ddl,answer,value", [
-    ("STRING", '{"a": 1}', '{"a": 1}'), ("STRING", '"text"', "text"), ("INT", "3", 3),
-    ("INT", "3.0", 3), ("BIGINT", "9007199254740993", 9007199254740993), ("DOUBLE", "1", 1.0),
+    ("STRING", '{"a": 1}', '{"a":1}'), ("STRING", '"text"', "text"), ("INT", "3", 3),
+    ("BIGINT", "9007199254740993", 9007199254740993), ("DOUBLE", "1", 1.0),
     ("DECIMAL(5,2)", "1.25", decimal.Decimal("1.25")), ("BOOLEAN", "true", True), ("INT", "null", None),
     ("DATE", '"2024-02-03"', dt.date(2024, 2, 3)),
     ("TIMESTAMP", '"2024-01-02T03:04:05Z"', dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)),
@@ -75,6 +74,7 @@ def test_caster_follows_from_json(ddl, answer, value):
 
 @pytest.mark.parametrize("ddl,answer,needle", [
     ("INT", '"3"', "expected a whole number"), ("TINYINT", "300", "does not fit"), ("INT", "1.5", "whole number"),
+    ("INT", "3.0", "whole number"),
     ("BOOLEAN", "1", "expected a boolean"), ("DOUBLE", '"x"', "expected a number"),
     ("a INT", '{"b": 1}', "none of the expected fields"), ("a INT", "[1]", "expected a JSON object"),
     ("ARRAY<INT>", '{"a": 1}', "expected a JSON array"), ("INT", "not json", "Expecting value"),
