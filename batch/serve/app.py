@@ -31,8 +31,13 @@ from . import simulate as sim
 
 FAULT_KINDS = frozenset(
     "429 429-bare 500 502 503 504 drop stall malformed truncated unexpected "
-    "dbx-limit dbx-unavailable dbx-bad-request".split()
+    "dbx-limit dbx-unavailable dbx-bad-request "
+    "quota html-502 body-400 body-429 body-500 body-503".split()  # body-NNN: that error inside a 200
 )
+QUOTA_MESSAGE = ("You exceeded your current quota, please check your plan and billing details. For more "
+                 "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
+NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway"
+             b"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 DEFAULT_FAULTS = "500,502,503,504,429,drop,malformed,truncated"
 TASKS = ("chat", "completions", "embeddings", "custom")
 CUSTOM_KEYS = ("dataframe_records", "dataframe_split", "instances", "inputs")
@@ -271,6 +276,9 @@ class State:
             status = sim.failure_status(text)
             if status:
                 return "fail", status
+            always = sim.fault_directive(text)
+            if always:
+                return "fault", always
             flaky = sim.flaky_directive(text)
             if flaky:
                 seen = self.flaky[text] = self.flaky.get(text, 0) + 1
@@ -303,18 +311,18 @@ def _json(st: State, status: int, payload: Any, headers: dict | None = None) -> 
                         content_type="application/json", headers=headers)
 
 
-def error_payload(status: int, message: str, dbx: bool, code: str | None = None) -> dict:
+def error_payload(status: int, message: str, dbx: bool, code: str | None = None, kind: str | None = None) -> dict:
     if dbx:
         default = "TEMPORARILY_UNAVAILABLE" if status >= 500 else "BAD_REQUEST"
         return {"error_code": DBX_CODES.get(status, default), "message": message}
-    kind, default_code = OPENAI_TYPES.get(status, ("server_error", "server_error") if status >= 500
-                                          else ("invalid_request_error", "invalid_request"))
-    return {"error": {"message": message, "type": kind, "param": None, "code": code or default_code}}
+    default_kind, default_code = OPENAI_TYPES.get(status, ("server_error", "server_error") if status >= 500
+                                                  else ("invalid_request_error", "invalid_request"))
+    return {"error": {"message": message, "type": kind or default_kind, "param": None, "code": code or default_code}}
 
 
 def _error(st: State, status: int, message: str, dbx: bool, code: str | None = None,
-           headers: dict | None = None) -> web.Response:
-    return _json(st, status, error_payload(status, message, dbx, code), headers)
+           headers: dict | None = None, kind: str | None = None) -> web.Response:
+    return _json(st, status, error_payload(status, message, dbx, code, kind), headers)
 
 
 def _raw(st: State, status: int, body: bytes) -> web.Response:
@@ -436,14 +444,25 @@ def _format(body: dict) -> dict | None:
 
 def answer_chat(job: Job, model: str, st: State) -> tuple[dict, int, int]:
     body = job.body
-    text, finish = sim.simulated_reply(job.texts[0], _max_tokens(body), _format(body))
+    prompt = job.texts[0]
+    text, finish = sim.simulated_reply(prompt, _max_tokens(body), _format(body))
     n = _n(body)
-    message = {"role": "assistant", "content": text}
-    choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(n)]
+    shape = sim.answer_shape(prompt)
+    details = None
+    if shape:
+        message, finish, completion, details = sim.shaped_message(shape, prompt, text, finish, _format(body),
+                                                                  _max_tokens(body))
+        completion *= n
+    else:
+        message, completion = {"role": "assistant", "content": text}, sim.count_tokens(text) * n
+    choices = [] if shape == "no-choices" else [{"index": i, "message": message, "finish_reason": finish}
+                                                 for i in range(n)]
     prompt_tokens = sim.chat_prompt_tokens(body["messages"])
-    completion = sim.count_tokens(text) * n
+    usage = _usage(prompt_tokens, completion)
+    if details:
+        usage["completion_tokens_details"] = details
     return {"id": f"chatcmpl-{next(st.ids):x}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": _usage(prompt_tokens, completion)}, prompt_tokens, completion
+            "model": model, "choices": choices, "usage": usage}, prompt_tokens, completion
 
 
 def answer_completions(job: Job, model: str, st: State) -> tuple[dict, int, int]:
@@ -508,8 +527,23 @@ async def inject(kind: str, st: State, request: web.Request, dbx: bool) -> web.S
         return _dbx_fault(kind, st)
     if kind == "429-bare":
         return _error(st, 429, "simulated fault 429", dbx)
+    if kind == "quota":
+        return _error(st, 429, QUOTA_MESSAGE, False, code="insufficient_quota", kind="insufficient_quota")
+    if kind == "html-502":
+        st.stats.by_status[502] += 1
+        return web.Response(body=NGINX_502, status=502, content_type="text/html")
+    if kind.startswith("body-"):
+        return _json(st, 200, _error_in_body(int(kind[5:]), dbx))
     headers = st.retry_headers(None) if kind == "429" else None
     return _error(st, int(kind), f"simulated fault {kind}", dbx, headers=headers)
+
+
+def _error_in_body(status: int, dbx: bool) -> dict:
+    """An error sent as a 200, as routers do: OpenRouter and LiteLLM put the status in ``error.code``."""
+    message = f"simulated error {status}"
+    if dbx:
+        return {"error_code": DBX_CODES.get(status, "INTERNAL_ERROR"), "message": message}
+    return {"error": {"message": message, "code": status}}
 
 
 def _dbx_fault(kind: str, st: State) -> web.Response:
@@ -586,14 +620,20 @@ async def _respond(request: web.Request, st: State, job: Job, model: str, dbx: b
 
 
 async def _fault_response(kind: str, st: State, request: web.Request, dbx: bool) -> web.StreamResponse | None:
-    if kind in FAULT_KINDS or kind.isdigit():
+    if kind in FAULT_KINDS or kind.isdigit() or kind[:5] == "body-" and kind[5:].isdigit():
         return await inject(kind, st, request, dbx)
     return _error(st, 400, f"unknown fault kind {kind!r} in a flaky directive", dbx)
 
 
 def _deliver(st: State, job: Job, model: str, dbx: bool, truncated: bool) -> web.Response:
     payload, prompt_tokens, completion_tokens = ANSWERS[job.task](job, model, st)
+    shape = sim.answer_shape(job.texts[0]) if job.texts else None
+    if shape == "no-usage":
+        payload.pop("usage", None)
     body = _encode(payload).encode()
+    if shape == "badutf8":  # the last byte of the tail's "é" cut off, as a server cutting tokens mid-character does
+        head, tail, rest = body.rpartition(sim.BADUTF8_TAIL.encode())
+        body = head + tail[:-1] + rest
     if truncated:
         return _raw(st, 200, body[: len(body) // 2])
     stats = st.stats

@@ -21,6 +21,26 @@ FLAKY_RE = re.compile(r"\[\[flaky:(\d+):([A-Za-z0-9-]+)\]\]")
 NONCONFORMING = "[[nonconforming]]"
 BADJSON = "[[badjson]]"
 MAX_DEPTH = 8
+SHAPE_RE = re.compile(r"\[\[shape:([a-z0-9-]+)\]\]")
+FAULT_RE = re.compile(r"\[\[fault:([A-Za-z0-9-]+)\]\]")
+# Answers in the shapes real endpoints send besides plain text, each as its provider documents it:
+#   tool-call   content null, tool_calls naming get_weather, finish_reason "tool_calls" (OpenAI)
+#   refusal     content null, refusal with a sentence (OpenAI structured outputs)
+#   cut         the answer cut at the output-token limit, JSON cut inside a string, finish_reason "length"
+#   reasoning   content "", reasoning_content, reasoning_tokens in usage, finish_reason "length" (DeepSeek, vLLM,
+#               llama.cpp)
+#   thinking    content null, reasoning (Ollama, newer vLLM), no token details, finish_reason "length"
+#   parts       content as typed parts: a reasoning part and two text parts (Databricks, Mistral)
+#   filtered    content null, finish_reason "content_filter" (Azure OpenAI)
+#   no-usage    no usage object (Ollama, llama.cpp and proxies may leave it out)
+#   no-choices  an empty choices list
+#   badutf8     the text ends in "café" with the last byte of "é" cut off: the body is not valid UTF-8
+SHAPES = frozenset("tool-call refusal cut reasoning thinking parts filtered no-usage no-choices badutf8".split())
+REFUSAL = "I'm sorry, but I can't help with that request."
+REASONING = "Let me think about this step by step before I answer."
+TOOL_NAME, TOOL_ARGUMENTS = "get_weather", '{"city": "Paris"}'
+BADUTF8_TAIL = " café"
+DEFAULT_MAX_TOKENS = 256
 
 
 def count_tokens(text: str) -> int:
@@ -116,6 +136,64 @@ def simulated_prediction(record: dict) -> float:
         elif isinstance(value, str):
             total += len(value)
     return total
+
+
+def answer_shape(prompt: str) -> str | None:
+    """The ``[[shape:NAME]]`` a prompt asks for (see ``SHAPES``), if any."""
+    match = SHAPE_RE.search(prompt) if "[[" in prompt else None
+    return match.group(1) if match and match.group(1) in SHAPES else None
+
+
+def fault_directive(prompt: str) -> str | None:
+    """``[[fault:KIND]]``: every call for the prompt gets that fault."""
+    match = FAULT_RE.search(prompt)
+    return match.group(1) if match else None
+
+
+def shaped_message(shape: str, prompt: str, text: str, finish: str, response_format: dict | None,
+                   max_tokens: int | None) -> tuple[dict, str, int, dict | None]:
+    """The message, finish reason, completion tokens and ``completion_tokens_details`` of a shaped chat answer."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    budget = max_tokens or DEFAULT_MAX_TOKENS
+    if shape == "tool-call":
+        message.update(content=None, refusal=None, tool_calls=[{
+            "id": f"call_{stable_int(prompt, 'call') % 10**12:012d}", "type": "function",
+            "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}])
+        return message, "tool_calls", count_tokens(TOOL_ARGUMENTS), None
+    if shape == "refusal":
+        message.update(content=None, refusal=REFUSAL)
+        return message, "stop", count_tokens(REFUSAL), None
+    if shape == "cut":
+        message["content"] = cut_answer(text, response_format, max_tokens)
+        return message, "length", budget, None
+    if shape == "reasoning":
+        message.update(content="", reasoning_content=REASONING)
+        return message, "length", budget, {"reasoning_tokens": budget}
+    if shape == "thinking":
+        message.update(content=None, reasoning=REASONING)
+        return message, "length", budget, None
+    if shape == "parts":
+        middle = len(text) // 2
+        message["content"] = [{"type": "reasoning", "summary": [{"type": "summary_text", "text": REASONING}]},
+                              {"type": "text", "text": text[:middle]}, {"type": "text", "text": text[middle:]}]
+        return message, finish, count_tokens(text), None
+    if shape == "filtered":
+        message["content"] = None
+        return message, "content_filter", 0, None
+    if shape == "badutf8":
+        message["content"] = text + BADUTF8_TAIL
+        return message, finish, count_tokens(message["content"]), None
+    return message, finish, count_tokens(text), None
+
+
+def cut_answer(text: str, response_format: dict | None, max_tokens: int | None) -> str:
+    """An answer stopped at the output-token limit: JSON three characters into its first string value, text at
+    ``max_tokens`` words (or half its words)."""
+    if (response_format or {}).get("type") in ("json_object", "json_schema"):
+        start = text.find('": "')
+        return text[: start + 7] if start >= 0 else text[: len(text) // 2]
+    words = text.split()
+    return " ".join(words[: max_tokens if max_tokens else max(1, len(words) // 2)])
 
 
 def failure_status(prompt: str) -> int | None:
