@@ -190,6 +190,10 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
     result.rows_pending = sum(counts.values())
     progress.start(result.rows_pending)
     slots = task_slots(spark)
+    if not tables.table_exists(spark, spec.results_table):
+        # Nothing to answer on a first run: the empty chunk still creates the table with every column,
+        # so the queries scheduled after this job find it.
+        _answer_chunk(spark, spec, staging, -1, result.run_id, slots)
     try:
         for chunk in sorted(counts):
             _answer_chunk(spark, spec, staging, chunk, result.run_id, slots)
@@ -235,5 +239,7 @@ def _finish(spark: SparkSession, spec: JobSpec, result: RunResult, prices: dict[
         write_usage(spark, usage_rows(result.usage, run_id=result.run_id, job=spec.name, started=result.started,
                                       ended=result.ended, status=result.status),
                     spec.usage_table, spec.table_format)
+    elif not tables.table_exists(spark, spec.usage_table):
+        write_usage(spark, [], spec.usage_table, spec.table_format)  # created empty: nothing was asked
     if result.status == "succeeded":
         spark.sql(f"DROP TABLE IF EXISTS {staging}")

@@ -224,7 +224,9 @@ def _outputs(c: _Checker, raw: Any, keys: tuple[str, ...]) -> tuple[OutputSpec, 
                             line=line_of(c.lines, "outputs", name))
         for column in output.template_columns():
             if not _NAME.match(column):
-                raise c.error(f"output '{name}': '{{{column}}}' in the prompt is not a column name",
+                raise c.error(f"output '{name}': '{{{column}}}' in the prompt is not a column name; a literal "
+                              "brace is written twice, as in Python's str.format: '{{' gives '{' and '}}' gives '}' "
+                              "(for example 'Reply as JSON like {{\"label\": \"x\"}} for: {body}')",
                               "outputs", name, "prompt")
         outputs.append(output)
     return tuple(outputs)

@@ -170,5 +170,6 @@ def usage_rows(usages: list[EndpointUsage], *, run_id: str, job: str, started: d
 
 
 def write_usage(spark: SparkSession, rows: list[Row], table: str, table_format: str) -> None:
-    if rows:
+    """No rows still creates the table (empty, with its schema), for the queries that read it."""
+    if rows or not spark.catalog.tableExists(table):
         spark.createDataFrame(rows, USAGE_SCHEMA).write.mode("append").format(table_format).saveAsTable(table)

@@ -285,3 +285,40 @@ def test_job_runs_under_spark_submit(srv, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "job submitted run" in done.stdout and "20 written" in done.stdout
     assert srv.stats()["answered"] == 20
+
+
+def test_literal_braces_in_a_prompt_template(spark, job_endpoints):
+    with pytest.raises(ConfigError) as caught:
+        parse_spec(_spec("jobs_braces", outputs={"answer": {
+            "endpoint": "job-chat", "prompt": 'Reply as JSON like {"label": "x"} for: {body}'}}))
+    message = str(caught.value)
+    assert "'{\"label\": \"x\"}' in the prompt is not a column name" in message
+    assert "a literal brace is written twice, as in Python's str.format: '{{' gives '{' and '}}' gives '}'" in message
+    _tickets(spark, "jobs_braces", ["first ticket", "second {ticket}"])
+    spec = parse_spec(_spec("jobs_braces", outputs={"answer": {
+        "endpoint": "job-chat", "prompt": 'Reply as JSON like {{"label": "x"}} for: {body} {{body}}'}}))
+    assert spec.outputs[0].template_columns() == ["body"]
+    assert run_job(spark, spec, prices={}).ok
+    answers = {r["id"]: r["answer"] for r in spark.table("jobs_braces.answers").collect()}
+    assert answers == {i: simulated_answer(f'Reply as JSON like {{"label": "x"}} for: {body} {{body}}')[0]
+                       for i, body in enumerate(["first ticket", "second {ticket}"])}
+
+
+def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
+    _tickets(spark, "jobs_empty", [])
+    result = run_job(spark, parse_spec(_spec("jobs_empty")), prices={})
+    assert result.ok and result.rows_in == 0 and job_endpoints.stats()["requests"] == 0
+    answers, usage = spark.table("jobs_empty.answers"), spark.table("jobs_empty.usage")
+    assert answers.count() == 0 and usage.count() == 0
+    assert answers.columns == ["id", "answer", "answer__status", "vec", "vec__status", "ok", "run_id", "run_chunk",
+                               "answered_at"]
+    assert answers.schema["vec"].dataType.simpleString() == "array<float>"
+    assert answers.schema["answer__status"].dataType.names == ["error", "error_kind", "attempts", "latency_ms",
+                                                                "prompt_tokens", "completion_tokens",
+                                                                "total_tokens", "requests", "rate_limited"]
+    from jobs.tables import USAGE_SCHEMA
+    assert [(f.name, f.dataType) for f in usage.schema] == [(f.name, f.dataType) for f in USAGE_SCHEMA]
+    _tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables
+    again = run_job(spark, parse_spec(_spec("jobs_empty")), prices={})
+    assert again.ok and again.rows_in == 1 and spark.table("jobs_empty.answers").count() == 1
+    assert spark.table("jobs_empty.usage").count() == 2
