@@ -19,6 +19,7 @@ thread on every request, and it ignores ``ALL_PROXY``, ``https://`` proxies and 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import ssl
 import urllib.parse
@@ -78,8 +79,8 @@ def proxy_for(url: str) -> Proxy | None:
     netloc += f":{proxy.port}" if proxy.port else ""
     headers = None
     if proxy.username:
-        auth = aiohttp.BasicAuth(urllib.parse.unquote(proxy.username), urllib.parse.unquote(proxy.password or ""))
-        headers = {"Proxy-Authorization": auth.encode()}
+        pair = f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
+        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
     return Proxy(f"{proxy.scheme}://{netloc}", headers)
 
 

@@ -15,7 +15,8 @@ import pytest
 from batch.client import EndpointClient
 from batch.config import EndpointConfig
 from batch.engine import answer_rows
-from batch.errors import (HTTPRequestError, InvalidResponseError, RateLimitError, ServerError, TransportError)
+from batch.errors import (HTTPRequestError, InvalidResponseError, NoAnswerError, ParseCastError, QuotaExceededError,
+                          RateLimitError, ServerError, TransportError)
 from batch.serve import ServerProcess, simulated_answer
 from batch.transport import TRANSPORTS, make_transport
 
@@ -475,6 +476,150 @@ def test_databricks_and_multi_input_requests():
 def test_client_repr_is_short_and_safe():
     client = mock_client(Script(), FakeTime())
     assert repr(client).startswith("EndpointClient('mock-chat', FlowControl(")
+
+
+# ---------------------------------------------------------------- answers in other shapes, status in bodies
+
+def test_a_429_inside_a_200_is_retried_as_a_rate_limit():
+    t = FakeTime(advance=False)
+    script = Script(status(200, {"error": {"message": "Rate limit exceeded: free-models-per-min", "code": 429}},
+                           headers={"Retry-After": "2"}))
+    client = mock_client(script, t)
+
+    async def go():
+        result = await client.call(["hello"])
+        paused = client.flow.paused_until
+        await client.aclose()
+        return result, paused
+
+    result, paused = run(go())
+    assert result.error is None and result.results == ["ok"] and (result.attempts, result.rate_limited) == (2, 1)
+    assert paused == pytest.approx(1002.0)  # the pool slows down, as for a 429
+
+
+@pytest.mark.parametrize("body,cls,status,attempts", [
+    ({"error": {"message": "bad model", "code": 400}}, HTTPRequestError, 400, 1),
+    ({"error": {"message": "upstream", "code": 502}}, ServerError, 502, 3),
+    ({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "later"}, ServerError, 503, 3),
+    ({"error": {"message": "what now", "code": "mystery"}}, InvalidResponseError, 200, 1),
+])
+def test_an_error_inside_a_200_is_judged_by_its_code(body, cls, status, attempts):
+    result = call(mock_client(Script(answer=lambda request: httpx.Response(200, json=body)), FakeTime(),
+                              max_retries=2))
+    assert type(result.error) is cls and result.error.status == status and result.attempts == attempts
+    assert result.error.detail.endswith("(an error sent inside an HTTP 200 answer)")
+
+
+def test_insufficient_quota_is_not_retried_and_does_not_slow_the_pool():
+    t = FakeTime(advance=False)
+    body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                      "code": "insufficient_quota"}}
+    script = Script(answer=status(429, body, headers={"Retry-After": "20"}))
+    client = mock_client(script, t)
+
+    async def go():
+        result = await client.call(["hello"])
+        paused = client.flow.paused_until
+        await client.aclose()
+        return result, paused
+
+    result, paused = run(go())
+    assert isinstance(result.error, QuotaExceededError) and not isinstance(result.error, RateLimitError)
+    assert (result.attempts, result.rate_limited, len(script.requests), t.sleeps) == (1, 0, 1, [])
+    assert paused <= t.now
+    assert result.error.detail == ("insufficient_quota: You exceeded your current quota (the account has no quota "
+                                   "left, so the request is not retried: add credit or raise the quota, then run "
+                                   "again)")
+
+
+def test_a_body_cut_inside_a_character_is_read_with_replacement():
+    content = json.dumps(chat_json("café", {"prompt_tokens": 1, "completion_tokens": 2}),
+                         ensure_ascii=False).encode().replace("é".encode(), "é".encode()[:1])
+    result = call(mock_client(Script(status(200, content=content)), FakeTime()))
+    assert result.error is None and result.results == ["caf\ufffd"] and result.attempts == 1
+    assert result.usage.total_tokens == 3
+
+
+def test_answers_without_text_are_not_retried_and_keep_their_tokens():
+    answer = {"choices": [{"message": {"content": "", "reasoning_content": "hmm"}, "finish_reason": "length"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 32,
+                        "completion_tokens_details": {"reasoning_tokens": 32}}}
+    script = Script(answer=lambda request: httpx.Response(200, json=answer))
+    result = call(mock_client(script, FakeTime()), params={"max_tokens": 32})
+    assert isinstance(result.error, NoAnswerError) and not result.error.retryable and result.attempts == 1
+    assert "(max_tokens=32 from modelParameters) on reasoning (32 reasoning tokens)" in result.error.detail
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (5, 32, 37)
+
+
+@pytest.mark.parametrize("response_format,params,error", [
+    ({"type": "json_object"}, {"max_completion_tokens": 9}, "(max_tokens=9 from modelParameters) before the "
+                                                            "requested JSON"),
+    ({"type": "json_schema", "json_schema": {"name": "r", "schema": {}}}, None, "the endpoint's default"),
+    ({"type": "text"}, {"max_tokens": 9}, None),
+    (None, None, None),
+])
+def test_a_cut_answer_is_an_error_only_when_json_was_asked(response_format, params, error):
+    cut = {"choices": [{"message": {"content": '{"a": "b'}, "finish_reason": "length"}]}
+    result = call(mock_client(Script(answer=lambda request: httpx.Response(200, json=cut)), FakeTime()),
+                  params=params, response_format=response_format)
+    if error is None:
+        assert result.error is None and result.results == ['{"a": "b']
+    else:
+        assert isinstance(result.error, NoAnswerError) and error in result.error.detail
+
+
+def test_json_nested_too_deeply_is_a_row_error_not_a_crash():
+    result = call(mock_client(Script(answer=status(200, content=b"[" * 200_000 + b"]" * 200_000)), FakeTime()))
+    assert isinstance(result.error, InvalidResponseError) and not result.error.retryable
+    assert result.error.detail == "unexpected answer (JSON nested too deeply to read)"
+
+
+def test_a_packed_call_refused_for_quota_is_not_asked_row_by_row():
+    body = {"error": {"message": "no credit", "type": "insufficient_quota", "code": "insufficient_quota"}}
+    script = Script(answer=status(429, body))
+    client = mock_client(script, FakeTime(), task="embeddings", batch_size=4)
+
+    async def go():
+        try:
+            return await answer_rows(client, ["a", "b", "c"])
+        finally:
+            await client.aclose()
+
+    rows = run(go())
+    assert len(script.requests) == 1 and all(isinstance(r.error, QuotaExceededError) for r in rows)
+
+
+def test_tokens_of_a_failed_packed_call_add_up_over_its_rows():
+    answer = {"data": [{"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 7, "total_tokens": 7}}
+    client = mock_client(Script(answer=lambda request: httpx.Response(200, json=answer)), FakeTime(),
+                         task="embeddings", batch_size=4)
+
+    async def go():
+        try:
+            return await answer_rows(client, ["a", "b", "c"])
+        finally:
+            await client.aclose()
+
+    rows = run(go())
+    assert all(isinstance(r.error, InvalidResponseError) for r in rows)
+    assert [r.total_tokens for r in rows] == [3, 2, 2] and [r.requests for r in rows] == [1, 0, 0]
+
+
+def test_a_conversion_error_of_any_kind_is_the_rows_error():
+    def convert(value):
+        raise RecursionError("too deep")
+
+    client = mock_client(Script(), FakeTime())
+
+    async def go():
+        try:
+            return await answer_rows(client, ["a"], convert=convert)
+        finally:
+            await client.aclose()
+
+    (row,) = run(go())
+    assert isinstance(row.error, ParseCastError) and not row.answered
+    assert row.error.detail == "the answer could not be converted to the result type (RecursionError: too deep)"
 
 
 # ================================================================ B: real HTTP against batch.serve

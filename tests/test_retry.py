@@ -7,8 +7,8 @@ import email.utils
 import httpx
 import pytest
 
-from batch.errors import (EndpointError, HTTPRequestError, InvalidResponseError, ParseCastError, RateLimitError,
-                          ServerError, TransportError, status_error)
+from batch.errors import (EndpointError, HTTPRequestError, InvalidResponseError, ParseCastError, QuotaExceededError,
+                          RateLimitError, ServerError, TransportError, status_error)
 from batch.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after, retry_delay, should_retry
 
 NOW = 1_700_000_000.0  # a fixed wall clock for HTTP dates
@@ -152,3 +152,13 @@ def test_status_error(status, cls, retryable):
     assert "AI_FUNCTION_HTTP_REQUEST_ERROR" in text and ENDPOINT in text and str(status) in text
     assert "the endpoint's own words" in text
     assert error.retry_after == (1.5 if retryable else None)
+
+
+@pytest.mark.parametrize("kind", ["insufficient_quota", "billing_hard_limit_reached"])
+def test_a_spent_quota_is_not_a_rate_limit(kind):
+    error = status_error(ENDPOINT, 429, f"{kind}: no credit", retry_after=20.0, kind=kind)
+    assert type(error) is QuotaExceededError and not error.retryable and error.retry_after is None
+    assert error.detail == (f"{kind}: no credit (the account has no quota left, so the request is not retried: add "
+                            "credit or raise the quota, then run again)")
+    assert type(status_error(ENDPOINT, 429, "slow down", kind="rate_limit_exceeded")) is RateLimitError
+    assert type(status_error(ENDPOINT, 400, "x", kind=kind)) is HTTPRequestError  # only a 429 means a spent quota

@@ -610,3 +610,96 @@ def test_simulator_is_stable_across_processes():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     fmt = {"type": "json_schema", "json_schema": {"schema": SCHEMAS[1]}}
     assert json.loads(out) == [simulated_embedding("z", 8), simulated_json("z", fmt)]
+
+
+# ---------------------------------------------------------------- answers in the shapes real endpoints send
+
+def message_of(http, prompt, **extra):
+    answer = http.post("/v1/chat/completions", json=chat(prompt, **extra)).json()
+    return answer, (answer["choices"][0] if answer["choices"] else None)
+
+
+def test_shape_tool_call(http):
+    answer, first = message_of(http, "weather [[shape:tool-call]]")
+    assert first["finish_reason"] == "tool_calls" and first["message"]["content"] is None
+    (call,) = first["message"]["tool_calls"]
+    assert call["type"] == "function" and call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert call["id"].startswith("call_")
+
+
+def test_shape_refusal(http):
+    _, first = message_of(http, "nope [[shape:refusal]]")
+    assert first["message"] == {"role": "assistant", "content": None, "refusal": sim.REFUSAL}
+    assert first["finish_reason"] == "stop"
+
+
+def test_shape_cut_json_and_text(http):
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}}}
+    prompt = "cut me [[shape:cut]]"
+    answer, first = message_of(http, prompt, response_format=fmt, max_tokens=20)
+    assert first["finish_reason"] == "length" and answer["usage"]["completion_tokens"] == 20
+    assert first["message"]["content"] == '{"label": "lab' == simulated_json(prompt, fmt)[:14]
+    _, first = message_of(http, "one two three four [[shape:cut]]")
+    assert first["message"]["content"] == "[simulated] one two" and first["finish_reason"] == "length"
+
+
+def test_shape_reasoning_spends_the_budget(http):
+    answer, first = message_of(http, "hmm [[shape:reasoning]]", max_tokens=40)
+    assert first["message"] == {"role": "assistant", "content": "", "reasoning_content": sim.REASONING}
+    assert first["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 40
+    assert answer["usage"]["completion_tokens_details"] == {"reasoning_tokens": 40}
+    answer, first = message_of(http, "hmm [[shape:thinking]]")
+    assert first["message"] == {"role": "assistant", "content": None, "reasoning": sim.REASONING}
+    assert answer["usage"]["completion_tokens"] == sim.DEFAULT_MAX_TOKENS and "completion_tokens_details" not in \
+        answer["usage"]
+
+
+def test_shape_parts_filtered_no_usage_no_choices(http):
+    prompt = "in parts [[shape:parts]]"
+    _, first = message_of(http, prompt)
+    parts = first["message"]["content"]
+    assert parts[0]["type"] == "reasoning" and "".join(p["text"] for p in parts[1:]) == simulated_answer(prompt)[0]
+    _, first = message_of(http, "bad [[shape:filtered]]")
+    assert first["message"]["content"] is None and first["finish_reason"] == "content_filter"
+    answer, first = message_of(http, "quiet [[shape:no-usage]]")
+    assert "usage" not in answer and first["message"]["content"] == simulated_answer("quiet [[shape:no-usage]]")[0]
+    answer, first = message_of(http, "none [[shape:no-choices]]")
+    assert answer["choices"] == [] and first is None
+
+
+def test_shape_badutf8_cuts_a_character(http):
+    prompt = "caf [[shape:badutf8]]"
+    raw = http.post("/v1/chat/completions", json=chat(prompt)).content
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    text = json.loads(raw.decode("utf-8", "replace"))["choices"][0]["message"]["content"]
+    assert text == simulated_answer(prompt)[0] + " caf\ufffd"
+
+
+@pytest.mark.parametrize("path,dbx", [("/v1/chat/completions", False), ("/serving-endpoints/m/invocations", True)])
+def test_fault_errors_inside_a_200(http, path, dbx):
+    reply = http.post(path, json=chat("x [[fault:body-429]]"))
+    assert reply.status_code == 200
+    expected = ({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "simulated error 429"} if dbx
+                else {"error": {"message": "simulated error 429", "code": 429}})
+    assert reply.json() == expected
+    assert http.post(path, json=chat("x [[fault:body-418]]")).status_code == 200
+
+
+def test_fault_quota_and_html_502(srv, http):
+    reply = http.post("/v1/chat/completions", json=chat("x [[fault:quota]]"))
+    assert reply.status_code == 429 and "retry-after" not in reply.headers
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert error["message"].startswith("You exceeded your current quota")
+    reply = http.post("/v1/chat/completions", json=chat("x [[fault:html-502]]"))
+    assert reply.status_code == 502 and reply.headers["content-type"].startswith("text/html")
+    assert b"<title>502 Bad Gateway</title>" in reply.content
+    assert srv.stats()["by_status"]["502"] == 1
+
+
+def test_fault_directive_applies_to_every_call(http):
+    for _ in range(3):
+        assert http.post("/v1/chat/completions", json=chat("always [[fault:503]]")).status_code == 503

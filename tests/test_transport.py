@@ -11,13 +11,15 @@ import asyncio
 import gzip
 import json
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
 
 from batch.client import EndpointClient
 from batch.config import EndpointConfig
-from batch.transport import AiohttpTransport, make_transport, poster
+from batch.errors import ConfigError
+from batch.transport import AiohttpTransport, Proxy, make_transport, poster, proxy_for
 
 ANSWER = {"choices": [{"message": {"role": "assistant", "content": "é ok"}}],
           "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}
@@ -136,3 +138,100 @@ def test_connection_refused_reads_the_same_every_way(name):
     assert error is not None and "connection failed" in str(error)
     if name != "httpx":  # httpx's own pool words it its own way
         assert "cannot connect: [Errno 111]" in str(error)
+
+
+# ---------------------------------------------------------------- proxies from the environment
+
+PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+@pytest.fixture
+def environ(monkeypatch):
+    """A clean proxy environment for one test: set only what it names."""
+    for name in PROXY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+    def put(**variables):
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+    return put
+
+
+@pytest.mark.parametrize("variables,url,expected", [
+    ({}, "https://api.openai.com/v1", None),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, "https://api.openai.com/v1", Proxy("http://proxy:3128")),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, "http://plain.example/v1", None),
+    ({"HTTP_PROXY": "http://proxy:3128"}, "http://plain.example/v1", Proxy("http://proxy:3128")),
+    ({"https_proxy": "https://secure-proxy:8443"}, "https://h/v1", Proxy("https://secure-proxy:8443")),
+    ({"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"}, "https://h/v1", Proxy("http://lower:2")),
+    ({"ALL_PROXY": "http://all:3128"}, "https://h/v1", Proxy("http://all:3128")),
+    ({"ALL_PROXY": "http://all:1", "HTTPS_PROXY": "http://https:2"}, "https://h/v1", Proxy("http://https:2")),
+    ({"HTTPS_PROXY": "proxy.corp:8080"}, "https://h/v1", Proxy("http://proxy.corp:8080")),
+    ({"HTTPS_PROXY": "http://[::1]:3128"}, "https://h/v1", Proxy("http://[::1]:3128")),
+    ({"HTTPS_PROXY": "http://user:p%40ss@proxy:3128"}, "https://h/v1",
+     Proxy("http://proxy:3128", {"Proxy-Authorization": "Basic dXNlcjpwQHNz"})),
+    # NO_PROXY: hosts, domain suffixes, ports, networks, everything
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "h"}, "https://h/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other, .example.com"}, "https://api.example.com/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "https://api.example.com/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "https://notexample.com/v1", Proxy("http://p:1")),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "h:8443"}, "https://h:8443/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "10.0.0.0/8"}, "https://10.1.2.3/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "10.0.0.0/8"}, "https://11.1.2.3/v1", Proxy("http://p:1")),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, "https://anything/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "no_proxy": "h", "NO_PROXY": ""}, "https://h/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "https_proxy": ""}, "https://h/v1", None),  # an empty lowercase name unsets
+])
+def test_proxy_for_reads_the_environment_as_httpx_and_requests_do(environ, variables, url, expected):
+    environ(**variables)
+    assert proxy_for(url) == expected
+
+
+def test_a_socks_proxy_is_refused_clearly_without_its_credentials(environ):
+    environ(ALL_PROXY="socks5://user:secret@proxy:1080")
+    with pytest.raises(ConfigError) as caught:
+        proxy_for("https://api.openai.com/v1/chat/completions")
+    assert "socks5:// proxy for https requests to api.openai.com" in str(caught.value)
+    assert "secret" not in str(caught.value) and "user" not in str(caught.value)
+
+
+async def _forward_proxy() -> tuple[web.AppRunner, str, list]:
+    """A forward HTTP proxy that records the target and the Proxy-Authorization of each request."""
+    seen: list = []
+
+    async def forward(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, request.headers.get("Proxy-Authorization")))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "proxy-authorization")}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(request.raw_path, data=await request.read(), headers=headers) as reply:
+                return web.Response(body=await reply.read(), status=reply.status, content_type=reply.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}", seen  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["fast", "httpx-over-aiohttp"])
+def test_requests_go_through_the_proxy_with_its_credentials(environ, name):
+    async def go():
+        runner, url, _ = await _serve()
+        proxy_runner, proxy, seen = await _forward_proxy()
+        environ(HTTP_PROXY=f"http://team:s3cret@{proxy}")
+        transport = TRANSPORTS[name]()
+        try:
+            post = poster(transport, f"{url}/plain", TIMEOUTS)
+            status, _, body = await post.send(post.prepare(httpx.Headers({"content-type": "application/json"})),
+                                              b'{"q": 1}')
+        finally:
+            await transport.aclose()
+            await proxy_runner.cleanup()
+            await runner.cleanup()
+        return status, body, seen, url
+    status, body, seen, url = asyncio.run(go())
+    assert status == 200 and json.loads(body) == ANSWER
+    assert seen == [(f"{url}/plain", "Basic dGVhbTpzM2NyZXQ=")]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 
 import pytest
 
 from batch.config import EndpointConfig
-from batch.wire import AnswerShapeError, Usage, error_text, parse_answer, request_body
+from batch.wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text,
+                        parse_answer, request_body)
 
 BASE = "http://127.0.0.1:9/v1"
 
@@ -200,3 +203,173 @@ def test_error_text_is_bounded():
     assert text == "x" * 100 + "..."
     long_json = as_bytes({"detail": "y" * 5000})
     assert len(error_text(long_json, limit=100)) == 103
+
+
+# ---------------------------------------------------------------- answers without text, and other shapes
+
+def choice(message, finish="stop", **extra):
+    return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}], **extra}
+
+
+LIMIT_64 = "max_tokens=64 from modelParameters"
+DEFAULT_LIMIT = "the endpoint's default, as modelParameters set no max_tokens"
+
+
+def no_answer(answer, **keys) -> str:
+    with pytest.raises(NoAnswer) as caught:
+        parse_answer(openai("chat"), answer, 1, **keys)
+    return str(caught.value)
+
+
+def tool_call(name):
+    return {"id": "call_1", "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+@pytest.mark.parametrize("message,finish,names", [
+    ({"content": None, "tool_calls": [tool_call("get_weather")]}, "tool_calls", "get_weather"),
+    ({"content": "", "tool_calls": [tool_call("a"), tool_call("b")]}, "tool_calls", "a, b"),
+    ({"content": "Let me look that up.", "tool_calls": [tool_call("search")]}, "tool_calls", "search"),
+    ({"content": None, "tool_calls": [{"type": "function"}]}, "tool_calls", "unnamed"),
+    ({"content": None, "function_call": {"name": "legacy", "arguments": "{}"}}, "function_call", "legacy"),
+])
+def test_a_tool_call_names_its_functions(message, finish, names):
+    assert no_answer(choice(message, finish)) == (
+        f"the model answered with a tool call ({names}) instead of text (finish_reason {finish!r}); ai_query "
+        "runs no tools, so ask for a text answer")
+
+
+def test_a_refusal_carries_its_sentence():
+    sentence = "I'm sorry, I cannot assist with that request because it asks for personal data. " * 30
+    assert no_answer(choice({"content": None, "refusal": sentence})) == "the model refused to answer: " + sentence
+
+
+def test_a_structured_answer_cut_at_the_limit_says_which_limit():
+    cut = choice({"content": '{"category": "billi'}, "length")
+    assert no_answer(cut, structured=True, max_tokens=64) == (
+        f"the answer was cut at the output-token limit ({LIMIT_64}) before the requested JSON was complete "
+        "(finish_reason 'length'); raise max_tokens. Partial answer: '{\"category\": \"billi'")
+    assert f"({DEFAULT_LIMIT})" in no_answer(cut, structured=True)
+    assert parse_answer(openai("chat"), cut, 1, max_tokens=64) == ['{"category": "billi']  # plain text stays
+    long = choice({"content": "x" * 5000}, "length")
+    assert no_answer(long, structured=True).endswith("Partial answer: '" + "x" * 1000 + "...'")
+
+
+@pytest.mark.parametrize("message,usage,spent", [
+    ({"content": "", "reasoning_content": "thinking..."}, {"completion_tokens_details": {"reasoning_tokens": 64}},
+     " (64 reasoning tokens)"),
+    ({"content": None, "reasoning": "thinking..."}, None, ""),
+    ({"content": "", "reasoning_content": "thinking..."}, {"completion_tokens_details": None}, ""),
+    ({"content": ""}, {"completion_tokens": 64, "completion_tokens_details": {"reasoning_tokens": 64}},
+     " (64 reasoning tokens)"),  # OpenAI o-series: no reasoning text at all, only its tokens
+    ({"content": [{"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]}]}, None, ""),
+])
+def test_reasoning_that_spent_the_budget_is_no_answer(message, usage, spent):
+    answer = choice(message, "length", **({"usage": usage} if usage else {}))
+    assert no_answer(answer, max_tokens=64) == (
+        f"the model spent the whole output-token limit ({LIMIT_64}) on reasoning{spent} and gave no answer "
+        "(finish_reason 'length'); raise max_tokens or lower the reasoning effort")
+
+
+def test_an_empty_answer_at_the_limit_without_reasoning_is_no_answer():
+    assert no_answer(choice({"content": ""}, "length")) == (
+        f"the answer is empty: the output-token limit ({DEFAULT_LIMIT}) was reached before any text "
+        "(finish_reason 'length'); raise max_tokens")
+
+
+def test_a_filtered_answer_is_no_answer():
+    assert no_answer(choice({"content": None}, "content_filter")) == (
+        "the endpoint's content filter withheld the answer (finish_reason 'content_filter')")
+    assert no_answer(choice({"content": "Once upon"}, "content_filter")).endswith("; partial answer: 'Once upon'")
+
+
+@pytest.mark.parametrize("message,finish,expected", [
+    ({"content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]}, "stop", "Hello, world"),
+    ({"content": [{"type": "reasoning", "summary": []}, {"type": "text", "text": "42"}]}, "stop", "42"),
+    ({"content": [{"type": "output_text", "text": "ok"}, {"type": "image_url", "image_url": {}}]}, "stop", "ok"),
+    ({"content": [{"text": "untyped"}]}, "stop", "untyped"),
+    ({"content": "reasoned", "reasoning_content": "first I thought"}, "stop", "reasoned"),
+    ({"content": "", "refusal": None}, "stop", ""),
+    ({"content": "ends without a reason"}, None, "ends without a reason"),  # llama.cpp, older servers
+    ({"content": "done"}, "eos", "done"),
+    ({"content": "cut short"}, "length", "cut short"),
+    ({"content": "text beside unused calls", "tool_calls": []}, "stop", "text beside unused calls"),
+])
+def test_chat_answers_in_other_shapes(message, finish, expected):
+    assert parse_answer(openai("chat"), choice(message, finish), 1) == [expected]
+
+
+@pytest.mark.parametrize("answer,needle", [
+    ({"choices": []}, "empty 'choices' list"),
+    (choice({"content": [1, 2]}), "message.content"),
+    (choice({"content": [{"type": "text", "text": "x"}, "y"]}), "message.content"),
+    (choice({"content": {"text": "x"}}), "message.content"),
+])
+def test_other_chat_shapes_that_are_not_answers(answer, needle):
+    with pytest.raises(AnswerShapeError, match=needle):
+        parse_answer(openai("chat"), answer, 1)
+
+
+def b64(values) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+@pytest.mark.parametrize("make", [openai, dbx])
+def test_base64_embeddings_are_little_endian_float32(make):
+    answer = {"data": [{"index": 1, "embedding": b64([0.5, -2.0])}, {"index": 0, "embedding": [0.25, 1.0]}]}
+    assert parse_answer(make("embeddings"), answer, 2) == [[0.25, 1.0], [0.5, -2.0]]
+    assert parse_answer(make("embeddings"), {"data": [{"embedding": ""}]}, 1) == [[]]
+
+
+@pytest.mark.parametrize("embedding,needle", [
+    ("not base64!", "text but not base64"),
+    (base64.b64encode(b"abcde").decode(), "decodes to 5 bytes, not float32 values"),
+    (None, "no 'embedding' list"),
+    ({"values": [1.0]}, "no 'embedding' list"),
+])
+def test_bad_base64_embeddings(embedding, needle):
+    with pytest.raises(AnswerShapeError, match=needle):
+        parse_answer(openai("embeddings"), {"data": [{"embedding": embedding}]}, 1)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (as_bytes({"error": {"message": "Rate limit exceeded", "code": 429}}),
+     ErrorInfo("Rate limit exceeded", None, 429)),
+    (as_bytes({"error": {"message": "Upstream down", "code": "502", "type": "upstream_error"}}),
+     ErrorInfo("upstream_error: Upstream down", "upstream_error", 502)),
+    (as_bytes({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                         "code": "insufficient_quota"}}),
+     ErrorInfo("insufficient_quota: You exceeded your current quota", "insufficient_quota", 429)),
+    (as_bytes({"error": {"message": "quota", "type": "insufficient_quota", "code": "rate_limit_exceeded"}}),
+     ErrorInfo("rate_limit_exceeded: quota", "insufficient_quota", 429)),
+    (as_bytes({"error": {"message": "slow down", "type": "rate_limit_error", "code": [1]}}),
+     ErrorInfo("rate_limit_error: slow down", "rate_limit_error", 429)),
+    (as_bytes({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "Exceeded workspace rate limit"}),
+     ErrorInfo("REQUEST_LIMIT_EXCEEDED: Exceeded workspace rate limit", "REQUEST_LIMIT_EXCEEDED", 429)),
+    (as_bytes({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try later"}),
+     ErrorInfo("TEMPORARILY_UNAVAILABLE: try later", "TEMPORARILY_UNAVAILABLE", 503)),
+    (as_bytes({"error_code": "SOMETHING_NEW", "message": "hm"}), ErrorInfo("SOMETHING_NEW: hm", "SOMETHING_NEW")),
+    (as_bytes({"error": {"message": "odd", "code": 200}}), ErrorInfo("odd")),
+    (b"<!DOCTYPE html><html><head><title>Access &amp; denied</title><style>p{}</style></head></html>",
+     ErrorInfo("an HTML page: Access & denied")),
+    (b"<html><body><script>var x = 1;</script><h1>Service\n Unavailable</h1></body></html>",
+     ErrorInfo("an HTML page: Service Unavailable")),
+    (b"<html></html>", ErrorInfo("an HTML page")),
+    (b"<not html>", ErrorInfo("<not html>")),
+    (b"[" * 100_000, ErrorInfo("[" * 1000 + "...")),
+])
+def test_error_info(content, expected):
+    assert error_info(content) == expected
+
+
+@pytest.mark.parametrize("body,expected", [
+    ({"error": {"message": "Rate limit", "code": 429}}, ErrorInfo("Rate limit", None, 429)),
+    ({"error_code": "BAD_REQUEST", "message": "no"}, ErrorInfo("BAD_REQUEST: no", "BAD_REQUEST", 400)),
+    ({"error": "model not loaded"}, ErrorInfo("model not loaded", "model not loaded")),
+    ({"choices": [], "error": {"message": "partial", "code": 500}}, None),  # an answer beside it: not an error
+    ({"data": [], "error": {"message": "x"}}, None),
+    ({"error": None, "object": "chat.completion"}, None),
+    ({"detail": "Not Found"}, None),
+    (["error"], None),
+])
+def test_embedded_error(body, expected):
+    assert embedded_error(body) == expected
