@@ -227,10 +227,12 @@ def _embeddings(body: Mapping[str, Any], count: int) -> list[list[float]]:
         raise AnswerShapeError(f"expected {count} embeddings in 'data', got {got}")
     ordered: list[Any] = [None] * count
     for position, item in enumerate(data):
-        vector = item.get("embedding") if isinstance(item, Mapping) else None
+        try:
+            vector, index = item["embedding"], item.get("index", position)
+        except (KeyError, TypeError, AttributeError):
+            vector = index = None
         if vector.__class__ is not list:
             vector = _from_base64(vector, position)
-        index = item.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count or ordered[index] is not None:
             raise AnswerShapeError(f"data[{position}] has a bad index {index!r}")
         ordered[index] = vector
