@@ -22,6 +22,8 @@ __all__ = ["QuerySpec", "build_spec", "check_model_parameters", "normalize_respo
 
 _RESERVED = ("messages", "prompt", "input", "model", "response_format", "dataframe_records",
              "dataframe_split", "instances", "inputs")
+# Chat Completions parameters the Responses API has no counterpart for (it gives one answer and takes no stop list).
+_NOT_IN_RESPONSES = ("n", "stop", "max_completion_tokens")
 _GENERATION_ONLY = ("max_tokens", "temperature", "top_p", "top_k", "n", "stop", "presence_penalty",
                     "frequency_penalty", "logprobs", "top_logprobs")
 
@@ -162,6 +164,10 @@ def check_model_parameters(config: EndpointConfig, parameters: Any) -> dict[str,
         if key == "stream":
             raise InvalidModelParametersError("UNSUPPORTED_MODEL_PARAMETER",
                                               "'stream' is not supported: ai_query waits for whole answers")
+        if config.api == "responses" and key in _NOT_IN_RESPONSES:
+            raise InvalidModelParametersError("UNSUPPORTED_MODEL_PARAMETER",
+                                              f"'{key}' is not a Responses API parameter (endpoint '{config.name}'"
+                                              " has api: responses); use max_tokens for the output limit")
         if config.task == "embeddings" and key in _GENERATION_ONLY:
             raise InvalidModelParametersError("UNSUPPORTED_MODEL_PARAMETER",
                                               f"'{key}' does not apply to embeddings endpoint '{config.name}'")

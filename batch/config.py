@@ -23,7 +23,9 @@ __all__ = ["EndpointConfig", "Registry", "registry", "get_endpoint", "add_endpoi
 REGISTRY_ENV = "BATCH_ENDPOINTS"
 DEFAULT_REGISTRY_PATH = Path("conf") / "endpoints.yaml"
 
-APIS = ("openai", "databricks")
+# openai: Chat Completions, Completions and Embeddings; responses: OpenAI's Responses API (chat only);
+# databricks: the serving endpoints' invocations path.
+APIS = ("openai", "responses", "databricks")
 TASKS = ("chat", "completions", "embeddings", "custom")
 
 
@@ -75,8 +77,10 @@ class EndpointConfig:
             raise ConfigError(f"headers must map header names to values, got {self.headers!r}", key="headers")
         _check_choice("api", self.api, APIS)
         _check_choice("task", self.task, TASKS)
-        if self.api == "openai" and not self.base_url:
-            raise ConfigError("an openai endpoint needs base_url (e.g. http://127.0.0.1:8000/v1)", key="base_url")
+        if self.api in ("openai", "responses") and not self.base_url:
+            raise ConfigError(f"an {self.api} endpoint needs base_url (e.g. http://127.0.0.1:8000/v1)", key="base_url")
+        if self.api == "responses" and self.task != "chat":
+            raise ConfigError(f"the Responses API answers chat only; for {self.task} use api: openai", key="task")
         if self.task == "custom" and self.api != "databricks":
             raise ConfigError("custom-model endpoints speak the databricks format: set api: databricks", key="task")
         for name in ("max_concurrency", "max_retries", "batch_size"):
@@ -114,6 +118,8 @@ class EndpointConfig:
         """Where requests go: the seed's invocations path for databricks, the OpenAI paths otherwise."""
         if self.api == "databricks":
             return f"{self.resolved_host().rstrip('/')}/serving-endpoints/{self.model_name}/invocations"
+        if self.api == "responses":
+            return f"{self.base_url.rstrip('/')}/responses"
         path = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}[self.task]
         return f"{self.base_url.rstrip('/')}/{path}"
 

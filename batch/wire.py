@@ -2,7 +2,10 @@
 
 Pure functions over plain data. The Databricks bodies are the ones its documentation
 shows (``messages`` / ``prompt`` / ``input`` / ``dataframe_records`` posted to
-``/serving-endpoints/{name}/invocations``); OpenAI bodies add ``model``.
+``/serving-endpoints/{name}/invocations``); OpenAI bodies add ``model``. OpenAI's Responses
+API (``POST /v1/responses``, api ``responses``) takes the prompt as ``input``, the output
+limit as ``max_output_tokens`` and structured output as ``text.format``, and answers with
+``output[].content[]`` parts and ``usage.input_tokens`` / ``output_tokens``.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ class Usage:
         raw = body.get("usage")
         if not isinstance(raw, Mapping):
             return cls()
-        prompt = _int(raw.get("prompt_tokens"))
-        completion = _int(raw.get("completion_tokens"))
+        prompt = _int(raw.get("prompt_tokens")) or _int(raw.get("input_tokens"))  # the Responses API's names
+        completion = _int(raw.get("completion_tokens")) or _int(raw.get("output_tokens"))
         total = _int(raw.get("total_tokens")) or prompt + completion
         return cls(prompt, completion, total)
 
@@ -63,6 +66,8 @@ def request_body(config: EndpointConfig, inputs: Sequence[Any], params: Mapping[
     task = config.task
     if task == "custom":
         return {"dataframe_records": list(inputs)}
+    if config.api == "responses":
+        return _responses_request(config, inputs[0], params, response_format)
     body: dict[str, Any] = {}
     if config.api == "openai":
         body["model"] = config.model_name
@@ -89,6 +94,8 @@ def parse_answer(config: EndpointConfig, body: Any, count: int, *, structured: b
     if not isinstance(body, Mapping):
         raise AnswerShapeError(f"expected a JSON object, got {type(body).__name__}")
     task = config.task
+    if config.api == "responses":
+        return [_responses_answer(body, structured, max_tokens)]
     if task == "chat":
         return [_chat(body, structured, max_tokens)]
     if task == "completions":
@@ -174,6 +181,57 @@ def _refuse_no_answer(body: Mapping[str, Any], message: Mapping[str, Any], finis
     if structured:
         raise NoAnswer(f"the answer was cut at the output-token limit ({limit}) before the requested JSON was "
                        f"complete (finish_reason 'length'); raise max_tokens. Partial answer: {_clip(text)!r}")
+
+
+def _responses_request(config: EndpointConfig, prompt: Any, params: Mapping[str, Any] | None,
+                       response_format: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``max_tokens`` is ``max_output_tokens`` there, and the format moves from ``response_format`` (with the
+    schema under ``json_schema``) to ``text.format`` (with it beside ``type``)."""
+    body: dict[str, Any] = {"model": config.model_name, "input": prompt}
+    for key, value in (params or {}).items():
+        body["max_output_tokens" if key == "max_tokens" else key] = value
+    if response_format is not None:
+        kind = response_format.get("type")
+        details = response_format.get(kind) if kind == "json_schema" else None
+        body["text"] = {"format": {"type": kind, **details} if isinstance(details, Mapping) else {"type": kind}}
+    return body
+
+
+def _responses_answer(body: Mapping[str, Any], structured: bool, max_tokens: int | None) -> str:
+    """The text parts of the ``message`` items in ``output``; reasoning items are not the answer. An answer
+    that is ``incomplete`` or has no text is refused as a chat answer with the same cause would be."""
+    output = body.get("output")
+    if not isinstance(output, list):
+        raise AnswerShapeError("no 'output' list in the answer")
+    texts, refusals, calls = [], [], []
+    for item in output:
+        if not isinstance(item, Mapping):
+            continue
+        if item.get("type") == "function_call":
+            calls.append({"function": {"name": item.get("name")}})
+        elif item.get("type") == "message" and isinstance(item.get("content"), list):
+            for part in item["content"]:
+                if isinstance(part, Mapping) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                elif isinstance(part, Mapping) and part.get("type") == "refusal":
+                    refusals.append(str(part.get("refusal") or ""))
+    text = "".join(texts) if texts else None
+    incomplete = body.get("incomplete_details")
+    reason = incomplete.get("reason") if isinstance(incomplete, Mapping) else None
+    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(reason, "stop")
+    if text and finish == "stop" and body.get("status", "completed") == "completed" and not refusals:
+        return text
+    message = {"content": text, "refusal": " ".join(refusals) or None, "tool_calls": calls or None,
+               "reasoning": "yes" if any(isinstance(i, Mapping) and i.get("type") == "reasoning" for i in output)
+               else None}
+    usage = body.get("usage")
+    details = usage.get("output_tokens_details") if isinstance(usage, Mapping) else None
+    chat_like = {"usage": {"completion_tokens_details": details}} if isinstance(details, Mapping) else {}
+    _refuse_no_answer(chat_like, message, "tool_calls" if calls else finish, text, structured, max_tokens)
+    if text is None:
+        status = body.get("status")
+        raise AnswerShapeError(f"the answer has no output_text (status {status!r})")
+    return text
 
 
 def _tool_names(message: Mapping[str, Any]) -> list[str]:

@@ -287,7 +287,7 @@ def assert_names(error: ConfigError, *, line: int, endpoint: str | None = None, 
       my-chat:
         base_url: http://x/v1
         api: grpc
-    """, 4, "my-chat", "api", "api must be one of openai, databricks, got 'grpc'"),
+    """, 4, "my-chat", "api", "api must be one of openai, responses, databricks, got 'grpc'"),
     ("""
     endpoints:
       my-chat:

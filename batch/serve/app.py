@@ -364,6 +364,15 @@ class Job:
         self.texts = [sim.chat_prompt(messages)]
         self.chars = [sum(len(sim.message_text(m.get("content"))) for m in messages)]
 
+    def _responses(self, body: dict) -> None:
+        """OpenAI's Responses API: ``input`` is the prompt text or a list of role/content items."""
+        given = body.get("input")
+        items = [{"role": "user", "content": given}] if isinstance(given, str) else given
+        if not isinstance(items, list) or not items or not all(isinstance(m, dict) for m in items):
+            raise BadRequest("request body is missing 'input' (text, or a non-empty list of {role, content})")
+        self.texts = [sim.chat_prompt(items)]
+        self.chars = [sum(len(sim.message_text(m.get("content"))) for m in items)]
+
     def _completions(self, body: dict) -> None:
         self.texts = _strings(body.get("prompt"), "prompt")
         self.chars, self.inputs = [len(t) for t in self.texts], len(self.texts)
@@ -465,6 +474,58 @@ def answer_chat(job: Job, model: str, st: State) -> tuple[dict, int, int]:
             "model": model, "choices": choices, "usage": usage}, prompt_tokens, completion
 
 
+def answer_responses(job: Job, model: str, st: State) -> tuple[dict, int, int]:
+    """The chat answer for the same prompt (shapes included), as Responses API output items."""
+    body, prompt = job.body, job.texts[0]
+    text_options = body.get("text")
+    given = text_options.get("format") if isinstance(text_options, dict) else None
+    fmt = None
+    if isinstance(given, dict):  # back to the Chat Completions form the simulator reads
+        fmt = {"type": given.get("type"), "json_schema": {k: v for k, v in given.items() if k != "type"}}
+    limit = body.get("max_output_tokens")
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+    text, finish = sim.simulated_reply(prompt, limit, fmt)
+    shape, details = sim.answer_shape(prompt), None
+    if shape:
+        message, finish, completion, details = sim.shaped_message(shape, prompt, text, finish, fmt, limit)
+    else:
+        message, completion = {"role": "assistant", "content": text}, sim.count_tokens(text)
+    given_input = body["input"]
+    items = [{"content": given_input}] if isinstance(given_input, str) else given_input
+    prompt_tokens = sim.count_tokens(str(body.get("instructions") or "")) + sim.chat_prompt_tokens(items)
+    output = [] if shape == "no-choices" else _output_items(message, next(st.ids))
+    reason = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(finish)
+    usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": completion, "total_tokens": prompt_tokens + completion,
+             "output_tokens_details": {"reasoning_tokens": (details or {}).get("reasoning_tokens", 0)}}
+    return {"id": f"resp_{next(st.ids):x}", "object": "response", "created_at": int(time.time()),
+            "status": "incomplete" if reason else "completed",
+            "incomplete_details": {"reason": reason} if reason else None, "error": None, "model": model,
+            "output": output, "usage": usage}, prompt_tokens, completion
+
+
+def _output_items(message: dict, number: int) -> list[dict]:
+    """A chat message as the Responses API's output: reasoning, function_call and message items."""
+    items: list[dict] = []
+    content = message.get("content")
+    thinking = message.get("reasoning_content") or message.get("reasoning")
+    if thinking or isinstance(content, list) and any(p.get("type") == "reasoning" for p in content):
+        items.append({"type": "reasoning", "id": f"rs_{number:x}",
+                      "summary": [{"type": "summary_text", "text": thinking or ""}]})
+    for call in message.get("tool_calls") or []:
+        items.append({"type": "function_call", "id": f"fc_{number:x}", "call_id": call["id"], "status": "completed",
+                      "name": call["function"]["name"], "arguments": call["function"]["arguments"]})
+    parts = [{"type": "output_text", "text": p["text"], "annotations": []} for p in content
+             if p.get("type") == "text"] if isinstance(content, list) else \
+        [{"type": "output_text", "text": content, "annotations": []}] if isinstance(content, str) and content else []
+    if message.get("refusal"):
+        parts.append({"type": "refusal", "refusal": message["refusal"]})
+    if parts:
+        items.append({"type": "message", "id": f"msg_{number:x}", "status": "completed", "role": "assistant",
+                      "content": parts})
+    return items
+
+
 def answer_completions(job: Job, model: str, st: State) -> tuple[dict, int, int]:
     limit, n, choices, completion = _max_tokens(job.body), _n(job.body), [], 0
     for prompt in job.texts:
@@ -492,7 +553,7 @@ def answer_custom(job: Job, model: str, st: State) -> tuple[dict, int, int]:
     return {"predictions": [sim.simulated_prediction(r) for r in job.records]}, 0, 0
 
 
-ANSWERS = {"chat": answer_chat, "completions": answer_completions,
+ANSWERS = {"chat": answer_chat, "responses": answer_responses, "completions": answer_completions,
            "embeddings": answer_embeddings, "custom": answer_custom}
 
 
@@ -756,6 +817,7 @@ def build_app(options: dict[str, Any]) -> web.Application:
         post(prefix + "/chat/completions", data_handler("chat", False))
         post(prefix + "/completions", data_handler("completions", False))
         post(prefix + "/embeddings", data_handler("embeddings", False))
+    post("/v1/responses", data_handler("responses", False))
     post("/serving-endpoints/{name}/invocations", data_handler(None, True))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/oidc/.well-known/oauth-authorization-server", oauth_metadata)
