@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--endpoints", type=Path)
     demo = commands.add_parser("demo", help="start a local endpoint and run the demo job end to end")
     demo.add_argument("--rows", type=int, default=None, help="use only the first N sample tickets")
+    demo.add_argument("--real", action="store_true", help="answer with a real model on this machine (llama.cpp's "
+                                                          "llama-server with SmolLM2-135M, built on first use)")
     return parser
 
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "demo":
             from .demo import run_demo
-            return run_demo(rows=args.rows)
+            return run_demo(rows=args.rows, real=args.real)
         return run_command(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

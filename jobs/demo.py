@@ -1,13 +1,19 @@
 """``make demo``: a local endpoint, a sample table, the demo job end to end, then everything stopped.
 
 The endpoint is the project's simulator (``batch.serve``) with realistic latency and a
-few injected faults, so the summary shows retries doing their work.
+few injected faults, so the summary shows retries doing their work. ``make demo-real``
+(``--real``) runs the same job against a real model on this machine instead: llama.cpp's
+``llama-server`` with SmolLM2-135M-Instruct (see ``jobs/llama.py``), into tables of its own
+so that the simulated answers are not resumed as if they were real.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 from batch.config import registry
 from batch.serve import ServerProcess
@@ -18,6 +24,7 @@ from .spec import load_spec
 
 SAMPLE = Path("conf") / "samples" / "support_tickets.csv"
 SPEC = Path("conf") / "jobs" / "demo.yaml"
+REAL_ROWS = 24  # SmolLM2 on two cores answers a few requests a second: enough rows to see, few enough to wait for
 
 
 def _point_at(url: str) -> None:
@@ -29,13 +36,42 @@ def _point_at(url: str) -> None:
         registry.add(name, moved)
 
 
-def run_demo(rows: int | None = None) -> int:
-    from .runner import run_job
-
+@contextlib.contextmanager
+def _simulator() -> Iterator[Callable[[], str]]:
     with ServerProcess(latency_ms=40, latency_jitter_ms=60, fault_rate=0.03, faults="429,503,drop") as server:
         print(f"endpoint simulator: {server.url} (40-100 ms latency, 3% injected faults)")
         _point_at(server.url)
+        yield lambda: f"server saw {server.stats()['requests']} requests"
+
+
+@contextlib.contextmanager
+def _real_model() -> Iterator[Callable[[], str]]:
+    from . import llama
+
+    llama.build()
+    with llama.LlamaServer(embeddings=True) as server:
+        print(f"real model: llama-server with SmolLM2-135M-Instruct at {server.url}/v1 (chat and embeddings)")
+        for name in ("demo-chat", "demo-embed"):
+            config = registry.get(name).with_overrides(api="openai", base_url=server.url + "/v1",
+                                                       model=llama.MODEL_NAME)
+            registry.add(name, config)
+        yield lambda: "answered by llama-server"
+
+
+def _real_tables(spec):
+    """The real answers go to tables of their own: resuming the simulated ones would ask nothing."""
+    return dataclasses.replace(spec, name=spec.name + "-real", results_table=spec.results_table + "_real",
+                               usage_table=spec.usage_table + "_real")
+
+
+def run_demo(rows: int | None = None, real: bool = False) -> int:
+    from .runner import run_job
+
+    rows = rows or (REAL_ROWS if real else None)
+    with (_real_model() if real else _simulator()) as served:
         spec = load_spec(SPEC)
+        if real:
+            spec = _real_tables(spec)
         spark = session_for(spec)
         spark.sql("CREATE DATABASE IF NOT EXISTS demo")
         tickets = spark.read.option("header", True).csv(str(SAMPLE.resolve()))
@@ -56,7 +92,7 @@ def run_demo(rows: int | None = None) -> int:
         usage = spark.table(spec.usage_table).where(f"run_id = '{result.run_id}'")
         usage.select("endpoint", "rows_answered", "requests", "retries", "total_tokens",
                      "latency_p95_ms", "estimated_cost").show(truncate=False)
-        print(f"server saw {server.stats()['requests']} requests; run `make demo` again to see resume "
-              "(nothing is asked twice)")
+        again = "make demo-real" if real else "make demo"
+        print(f"{served()}; run `{again}` again to see resume (nothing is asked twice)")
         spark.stop()
     return EXIT_OK if result.ok else EXIT_FAILED

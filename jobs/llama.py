@@ -156,7 +156,9 @@ class LlamaServer:
     ``embeddings=True`` serves ``/v1/embeddings`` (mean-pooled, ``EMBEDDING_DIM`` floats per
     input); ``metrics=True`` serves the server's own token counters at ``/metrics``; ``parallel``
     is the number of requests it decodes at once (llama.cpp's slots), each with ``context``
-    tokens. ``url`` is the server's root; the OpenAI API is under ``url + "/v1"``.
+    tokens. ``temperature`` and ``max_tokens`` are the server's defaults for requests that set
+    neither (greedy and bounded, so that answers repeat and a grammar cannot run on until the
+    context is full). ``url`` is the server's root; the OpenAI API is under ``url + "/v1"``.
     """
 
     embeddings: bool = False
@@ -164,6 +166,8 @@ class LlamaServer:
     context: int = 1024
     threads: int = 2
     metrics: bool = False
+    temperature: float = 0.0
+    max_tokens: int = 256
     ready_timeout: float = 120.0
 
     def __post_init__(self) -> None:
@@ -176,7 +180,7 @@ class LlamaServer:
         command = [str(server_binary()), "--model", str(model_file()), "--alias", MODEL_NAME,
                    "--host", "127.0.0.1", "--port", str(port), "--threads", str(self.threads),
                    "--parallel", str(self.parallel), "--ctx-size", str(self.context * self.parallel),
-                   "--no-webui"]
+                   "--temp", str(self.temperature), "--n-predict", str(self.max_tokens), "--no-webui"]
         if self.embeddings:
             command += ["--embeddings", "--pooling", "mean"]
         if self.metrics:
