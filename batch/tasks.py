@@ -27,9 +27,10 @@ from pyspark.sql.functions import pandas_udf
 
 from .arguments import QuerySpec, build_spec
 from .config import EndpointConfig, get_endpoint, registry
-from .engine import Memo, RowOutcome, answer_rows
+from .engine import Memo, RowOutcome
 from .errors import ConfigError
 from .functions import query_column, rate_share
+from .memo import MemoSettings, answer_remembered, settings_from_env
 from .runtime import worker_runtime
 from .sql import (HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name,
                   worker_share)
@@ -72,10 +73,10 @@ class PromptTask:
         """The prompt one row sends, for documentation and for checking answers."""
         return "".join(p if isinstance(p, str) else str(values[p.name]) for p in self.parts)
 
-    def series(self, **args: pd.Series) -> pd.Series:
+    def series(self, remember: MemoSettings | None = None, **args: pd.Series) -> pd.Series:
         """Answers for raw ``spark.sql``, where the prompt is joined in pandas (whole columns at once)."""
         prompt = _join(self.parts, args)
-        return answer_series(self.spec, request_values(prompt, self.spec))
+        return answer_series(self.spec, request_values(prompt, self.spec), remember=remember)
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,10 @@ class SimilarityTask:
         spark.udf.register(name, similarity_udf(self.spec, rate_share(self.spec.endpoint, spark), self.name))
         return f"{name}({expr1}, {expr2})"
 
-    def series(self, expr1: pd.Series, expr2: pd.Series) -> pd.Series:
+    def series(self, expr1: pd.Series, expr2: pd.Series, remember: MemoSettings | None = None) -> pd.Series:
         runtime = worker_runtime()
         future = _embed_pair(runtime, runtime.client(self.spec.endpoint, worker_share(self.spec.endpoint)), self.spec,
-                             expr1, expr2)
+                             expr1, expr2, remember)
         return cosines(future.result())
 
 
@@ -123,9 +124,9 @@ def _join(parts: Sequence[str | Arg], args: dict[str, pd.Series]) -> pd.Series:
 # ---------------------------------------------------------------- similarity in the worker
 
 def _embed_pair(runtime: Any, client: Any, spec: QuerySpec, expr1: pd.Series, expr2: pd.Series,
-                memo: Memo | None = None) -> Any:
+                remember: MemoSettings | None, memo: Memo | None = None) -> Any:
     values = request_values(expr1, spec) + request_values(expr2, spec)
-    return runtime.submit(answer_rows(client, values, convert=spec.converter(), memo=memo))
+    return runtime.submit(answer_remembered(remember, client, values, convert=spec.converter(), memo=memo))
 
 
 def cosines(outcomes: list[RowOutcome]) -> pd.Series:
@@ -145,11 +146,14 @@ def cosines(outcomes: list[RowOutcome]) -> pd.Series:
 
 
 def similarity_udf(spec: QuerySpec, share: float, name: str = "ai_similarity"):
+    remember = settings_from_env()  # read here, on the driver: see MemoSettings
+
     def run(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
         runtime = worker_runtime()
         client = runtime.client(spec.endpoint, share)
         memo = Memo()
-        yield from pipelined(batches, lambda pair: _embed_pair(runtime, client, spec, *pair, memo), cosines)
+        yield from pipelined(batches, lambda pair: _embed_pair(runtime, client, spec, *pair, remember, memo),
+                             cosines)
 
     run.__name__ = run.__qualname__ = name
     return pandas_udf(run, T.FloatType()).asNondeterministic()
@@ -384,6 +388,7 @@ class _RawTasks:
     """Task calls for raw ``spark.sql``: endpoints resolved on the driver, one call per distinct constants."""
 
     def __init__(self) -> None:
+        self.remember = settings_from_env()  # one memo scope for every raw task call of this registration
         self.endpoints: dict[str, EndpointConfig | ConfigError] = {}
         for kind in ("chat", "embeddings"):
             try:
@@ -401,7 +406,7 @@ class _RawTasks:
             if isinstance(endpoint, ConfigError):
                 raise endpoint
             self.calls[key] = definition.build(endpoint=endpoint, **constants)
-        return self.calls[key].series(**{k: v for k, v in args.items() if v is not None})
+        return self.calls[key].series(remember=self.remember, **{k: v for k, v in args.items() if v is not None})
 
 
 def register_tasks(spark: SparkSession) -> None:

@@ -296,3 +296,26 @@ def test_a_killed_and_retried_task_pays_nothing_twice(spark, memo_chat, tmp_path
     rows = json.loads(out.read_text())
     assert rows == [[i, simulated_answer(f"memo killed {i}")[0]] for i in range(16)]
     assert calls(memo_chat) == {f"memo killed {i}": 1 for i in range(16)}
+
+
+@pytest.mark.spark
+def test_task_functions_under_a_sort_ask_each_text_once(spark, memo_chat, monkeypatch):
+    registry.names()
+    monkeypatch.setitem(registry.defaults, "chat", "memo-chat")
+    monkeypatch.setitem(registry.defaults, "embeddings", "memo-embed")
+    texts = [f"memo task {i}" for i in range(8)]
+    df = spark.createDataFrame([(t,) for t in texts], "content string").coalesce(1)
+    rows = df.select("content", batch.ai_similarity("content", F.lit("memo anchor")).alias("sim"),
+                     batch.ai_summarize("content", 5).alias("summary")).orderBy("sim", "content").collect()
+    assert len(rows) == 8 and all(r.summary for r in rows)
+    asked = calls(memo_chat)
+    assert {t: asked[t] for t in texts} == {t: 1 for t in texts}  # embedded once each, despite the sort
+    assert asked["memo anchor"] == 1
+    summaries = {p: n for p, n in asked.items() if p.endswith(tuple(texts)) and p not in texts}
+    assert sorted(summaries.values()) == [1] * 8
+    batch.register(spark)
+    df.createOrReplaceTempView("memo_tasks")
+    raw = spark.sql("SELECT content, ai_similarity(content, 'memo raw anchor') AS s FROM memo_tasks "
+                    "ORDER BY s, content").collect()
+    assert len(raw) == 8 and calls(memo_chat)["memo raw anchor"] == 1
+    assert {t: calls(memo_chat)[t] for t in texts} == {t: 2 for t in texts}  # a new query asks once more
