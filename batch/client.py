@@ -45,6 +45,7 @@ class CallResult:
     rate_limited: int
     latency: float
     usage: Usage
+    started_at: float | None = None  # epoch seconds of the first attempt's send
 
 
 @dataclass(slots=True)
@@ -60,9 +61,7 @@ class ClientStats:
         self.attempts += result.attempts
         self.rate_limited += result.rate_limited
         self.failed += result.error is not None
-        self.usage.prompt_tokens += result.usage.prompt_tokens
-        self.usage.completion_tokens += result.usage.completion_tokens
-        self.usage.total_tokens += result.usage.total_tokens
+        self.usage.add(result.usage)
 
 
 class EndpointClient:
@@ -103,10 +102,13 @@ class EndpointClient:
         estimate = len(body) // 4 + (max_tokens or 0)
         started = self._clock()
         attempts = rate_limited = 0
+        billed, started_at = Usage(), None  # every attempt's billed tokens count, not only the last one's
         while True:
             await self.flow.admit(estimate)
             attempts += 1
             sent = self._clock()
+            if started_at is None:
+                started_at = time.time()
             try:
                 results, usage, error = await self._attempt(body, expect)
             except BaseException:
@@ -116,8 +118,11 @@ class EndpointClient:
             self.flow.done(self._clock() - sent if error is None or limited else None, rate_limited=limited,
                            token_error=usage.total_tokens - estimate if usage.total_tokens else 0)
             rate_limited += limited
+            if usage.total_tokens or usage.prompt_tokens or usage.completion_tokens:
+                billed.add(usage)
             if error is None or not should_retry(error, attempts - 1, self.policy):
-                result = CallResult(results, error, attempts, rate_limited, self._clock() - started, usage)
+                result = CallResult(results, error, attempts, rate_limited, self._clock() - started, billed,
+                                    started_at)
                 self.stats.add(result)
                 return result
             delay = retry_delay(attempts - 1, self.policy, error.retry_after, self._rand())

@@ -18,11 +18,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .client import CallResult, EndpointClient
 from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError
-from .wire import MULTI_INPUT_TASKS
+from .wire import MULTI_INPUT_TASKS, Usage
 
-__all__ = ["RowOutcome", "answer_rows", "Memo", "MEMO_ENTRIES"]
+__all__ = ["RowOutcome", "ROW_RECORD", "answer_rows", "Memo", "MEMO_ENTRIES"]
 
 MEMO_ENTRIES = 10_000
+
+# The per-row record, by name, with its Spark SQL type: the UDF's metadata struct, the results table's status
+# struct and the usage aggregation are all built from this one mapping, so a field added here reaches them all.
+# ``reasoning_tokens`` and ``cached_tokens`` are subsets of completion and prompt tokens, never added to them.
+ROW_RECORD: dict[str, str] = {
+    "attempts": "int", "latency_ms": "double", "started_at": "double", "prompt_tokens": "bigint",
+    "completion_tokens": "bigint", "total_tokens": "bigint", "reasoning_tokens": "bigint", "cached_tokens": "bigint",
+    "requests": "int", "rate_limited": "int",
+}
 
 
 @dataclass(slots=True)
@@ -34,9 +43,12 @@ class RowOutcome:
     error: EndpointError | None = None
     attempts: int = 0
     latency_ms: float | None = None
+    started_at: float | None = None  # epoch seconds: when the row's request was first sent
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
     requests: int = 0
     rate_limited: int = 0
     answered: bool = False
@@ -91,7 +103,7 @@ def _fill(outcomes: list[RowOutcome], rows: list[int], fill: RowOutcome, paid: b
     if paid and len(rows) == 1:  # the common case: no copy to make
         outcomes[rows[0]] = fill
         return
-    copy = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms, answered=fill.answered)
+    copy = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms, fill.started_at, answered=fill.answered)
     outcomes[rows[0]] = fill if paid else copy
     for duplicate in rows[1:]:
         outcomes[duplicate] = copy
@@ -206,7 +218,15 @@ async def _call_chunk(client: EndpointClient, chunk: list[Any], params: Mapping[
 def _merged(refused: CallResult, single: CallResult) -> CallResult:
     """The refused packed call still counts as a request; book it on the first row."""
     return CallResult(single.results, single.error, single.attempts + refused.attempts,
-                      single.rate_limited + refused.rate_limited, single.latency + refused.latency, single.usage)
+                      single.rate_limited + refused.rate_limited, single.latency + refused.latency,
+                      _billed(refused.usage, single.usage), refused.started_at)
+
+
+def _billed(*usages: Usage) -> Usage:
+    total = Usage()
+    for usage in usages:
+        total.add(usage)
+    return total
 
 
 def _spread(total: int, parts: int, position: int) -> int:
@@ -220,10 +240,12 @@ def _outcome(endpoint: str, result: CallResult, position: int, first: bool, part
     endpoint may bill an answer it gave in a shape that could not be used)."""
     usage = result.usage
     outcome = RowOutcome(
-        attempts=result.attempts, latency_ms=result.latency * 1000.0,
+        attempts=result.attempts, latency_ms=result.latency * 1000.0, started_at=result.started_at,
         prompt_tokens=_spread(usage.prompt_tokens, parts, position),
         completion_tokens=_spread(usage.completion_tokens, parts, position),
         total_tokens=_spread(usage.total_tokens, parts, position),
+        reasoning_tokens=_spread(usage.reasoning_tokens, parts, position) if usage.reasoning_tokens else 0,
+        cached_tokens=_spread(usage.cached_tokens, parts, position) if usage.cached_tokens else 0,
         requests=1 if first else 0, rate_limited=result.rate_limited if first else 0)
     if result.error is not None:
         outcome.error = result.error

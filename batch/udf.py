@@ -26,7 +26,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.pandas.types import to_arrow_type
 
 from .arguments import QuerySpec
-from .engine import Memo, RowOutcome
+from .engine import ROW_RECORD, Memo, RowOutcome
 from .errors import EndpointError, InvalidRequestTypeError, ParseCastError
 from .memo import answer_remembered, settings_from_env
 from .runtime import worker_runtime
@@ -34,16 +34,10 @@ from .runtime import worker_runtime
 __all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column", "result_sql",
            "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
 
-METADATA_FIELDS = [
-    T.StructField("attempts", T.IntegerType(), True),
-    T.StructField("latency_ms", T.DoubleType(), True),
-    T.StructField("prompt_tokens", T.LongType(), True),
-    T.StructField("completion_tokens", T.LongType(), True),
-    T.StructField("total_tokens", T.LongType(), True),
-    T.StructField("requests", T.IntegerType(), True),
-    T.StructField("rate_limited", T.IntegerType(), True),
-    T.StructField("error_kind", T.StringType(), True),
-]
+_SQL_TYPES = {"int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(), "string": T.StringType()}
+# The per-row record (``engine.ROW_RECORD``) as struct fields, then the error's kind.
+METADATA_FIELDS = [T.StructField(name, _SQL_TYPES[kind], True) for name, kind in ROW_RECORD.items()] + [
+    T.StructField("error_kind", T.StringType(), True)]
 
 BATCHES_IN_FLIGHT = 2
 _TEXT_KINDS = frozenset({"string", "empty"})
@@ -211,8 +205,8 @@ def rows_to_frame(outcomes: list[RowOutcome], spec: QuerySpec, with_metadata: bo
     frame = {"result": results,
              "errorMessage": [o.error.describe() if o.error is not None else None for o in outcomes]}
     if with_metadata:
-        for field in METADATA_FIELDS[:-1]:
-            frame[field.name] = [getattr(o, field.name) for o in outcomes]
+        for name in ROW_RECORD:
+            frame[name] = [getattr(o, name) for o in outcomes]
         frame["error_kind"] = [type(o.error).__name__ if o.error is not None else None for o in outcomes]
     return pd.DataFrame(frame)
 

@@ -41,9 +41,14 @@ class NoAnswer(AnswerShapeError):
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens as the endpoint billed them. ``reasoning_tokens`` is part of ``completion_tokens`` and
+    ``cached_tokens`` part of ``prompt_tokens`` (as OpenAI documents both): subsets, never to be added again."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> "Usage":
@@ -53,7 +58,26 @@ class Usage:
         prompt = _int(raw.get("prompt_tokens")) or _int(raw.get("input_tokens"))  # the Responses API's names
         completion = _int(raw.get("completion_tokens")) or _int(raw.get("output_tokens"))
         total = _int(raw.get("total_tokens")) or prompt + completion
-        return cls(prompt, completion, total)
+        reasoning = _detail(raw, "completion_tokens_details", "output_tokens_details", "reasoning_tokens")
+        cached = _detail(raw, "prompt_tokens_details", "input_tokens_details", "cached_tokens")
+        return cls(prompt, completion, total, min(reasoning, completion) if completion else reasoning,
+                   min(cached, prompt) if prompt else cached)
+
+    def add(self, other: "Usage") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cached_tokens += other.cached_tokens
+
+
+def _detail(raw: Mapping[str, Any], chat: str, responses: str, name: str) -> int:
+    """A token detail under the Chat Completions name or the Responses API's; 0 when neither says."""
+    for key in (chat, responses):
+        details = raw.get(key)
+        if isinstance(details, Mapping):
+            return _int(details.get(name))
+    return 0
 
 
 def _int(value: Any) -> int:
@@ -178,7 +202,7 @@ def _refuse_no_answer(body: Mapping[str, Any], message: Mapping[str, Any], finis
                            "answer (finish_reason 'length'); raise max_tokens or lower the reasoning effort")
         raise NoAnswer(f"the answer is empty: the output-token limit ({limit}) was reached before any text "
                        "(finish_reason 'length'); raise max_tokens")
-    if structured:
+    if structured and not _whole_json(text):
         raise NoAnswer(f"the answer was cut at the output-token limit ({limit}) before the requested JSON was "
                        f"complete (finish_reason 'length'); raise max_tokens. Partial answer: {_clip(text)!r}")
 
@@ -232,6 +256,17 @@ def _responses_answer(body: Mapping[str, Any], structured: bool, max_tokens: int
         status = body.get("status")
         raise AnswerShapeError(f"the answer has no output_text (status {status!r})")
     return text
+
+
+def _whole_json(text: str) -> bool:
+    """A grammar-constrained server (llama.cpp) may finish the JSON and then spend the rest of the limit on
+    whitespace or a closing code fence it strips itself, and still say "length": a document that parses
+    whole was not cut."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _tool_names(message: Mapping[str, Any]) -> list[str]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-__all__ = ["STATUS_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without_failures",
+from batch.engine import ROW_RECORD
+
+__all__ = ["STATUS_FIELDS", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without_failures",
            "status_column"]
 
-# Per output column `<name>`, the results table has `<name>__status` with these fields.
-STATUS_FIELDS = ["error", "error_kind", "attempts", "latency_ms", "prompt_tokens", "completion_tokens",
-                 "total_tokens", "requests", "rate_limited"]
+# Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
+# then the per-row record as ``batch.engine.ROW_RECORD`` defines it.
+STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD]
+# The token counts of the record, summed by the usage table under the same names.
+TOKEN_FIELDS = [name for name in ROW_RECORD if name.endswith("_tokens")]
 
 USAGE_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -36,6 +40,8 @@ USAGE_SCHEMA = T.StructType([
     T.StructField("prompt_tokens", T.LongType(), False),
     T.StructField("completion_tokens", T.LongType(), False),
     T.StructField("total_tokens", T.LongType(), False),
+    T.StructField("reasoning_tokens", T.LongType(), False),
+    T.StructField("cached_tokens", T.LongType(), False),
     T.StructField("latency_p50_ms", T.DoubleType(), True),
     T.StructField("latency_p95_ms", T.DoubleType(), True),
     T.StructField("latency_p99_ms", T.DoubleType(), True),

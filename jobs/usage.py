@@ -20,7 +20,7 @@ from batch._yaml import line_of, load_yaml
 from batch.errors import ConfigError
 
 from .spec import JobSpec
-from .tables import USAGE_SCHEMA, status_column
+from .tables import STATUS_FIELDS, TOKEN_FIELDS, USAGE_SCHEMA, status_column
 
 __all__ = ["Price", "chunk_totals", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
 
@@ -76,6 +76,8 @@ class EndpointUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -88,9 +90,7 @@ def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
     for output in spec.outputs:
         s = F.col(status_column(output.name))
         parts.append(results.select(F.lit(output.query.endpoint.name).alias("endpoint"),
-                                    *[s[f].alias(f) for f in ("error", "error_kind", "attempts", "latency_ms",
-                                                              "prompt_tokens", "completion_tokens", "total_tokens",
-                                                              "requests", "rate_limited")]))
+                                    *[s[f].alias(f) for f in STATUS_FIELDS]))
     long = parts[0]
     for part in parts[1:]:
         long = long.unionByName(part)
@@ -126,9 +126,7 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
         F.sum("requests").alias("requests"),
         F.sum(F.when(first, F.col("attempts")).otherwise(0)).alias("attempts"),
         F.sum("rate_limited").alias("rate_limited"),
-        F.sum("prompt_tokens").alias("prompt_tokens"),
-        F.sum("completion_tokens").alias("completion_tokens"),
-        F.sum("total_tokens").alias("total_tokens"),
+        *[F.sum(name).alias(name) for name in TOKEN_FIELDS],
         F.percentile_approx(F.when(first, F.col("latency_ms")), [0.5, 0.95, 0.99], 10000).alias("latency"),
     ).collect()
     outputs_by_endpoint: dict[str, list[str]] = {}
@@ -143,12 +141,13 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
         config = next(o.query.endpoint for o in spec.outputs if o.query.endpoint.name == endpoint)
         price = prices.get(endpoint) or prices.get(config.model_name)
         latency = row["latency"] or [None, None, None]
+        tokens = {name: row[name] or 0 for name in TOKEN_FIELDS}
+        p50, p95, p99 = [None if v is None else float(v) for v in latency]
         usages.append(EndpointUsage(
             endpoint, outputs_by_endpoint[endpoint], row["rows_in"], row["rows_answered"], row["rows_failed"],
             kinds, row["requests"] or 0, (row["attempts"] or 0) - (row["requests"] or 0), row["rate_limited"] or 0,
-            row["prompt_tokens"] or 0, row["completion_tokens"] or 0, row["total_tokens"] or 0,
-            *[None if v is None else float(v) for v in latency],
-            price.cost(row["prompt_tokens"] or 0, row["completion_tokens"] or 0) if price else None))
+            **tokens, latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
+            estimated_cost=price.cost(tokens["prompt_tokens"], tokens["completion_tokens"]) if price else None))
     return usages
 
 
@@ -161,8 +160,8 @@ def usage_rows(usages: list[EndpointUsage], *, run_id: str, job: str, started: d
             run_id=run_id, job=job, endpoint=u.endpoint, outputs=",".join(u.outputs), started_at=started,
             ended_at=ended, status=status, rows_in=u.rows_in, rows_answered=u.rows_answered,
             rows_failed=u.rows_failed, failed_by_kind=u.failed_by_kind or {}, requests=u.requests,
-            retries=u.retries, rate_limited=u.rate_limited, prompt_tokens=u.prompt_tokens,
-            completion_tokens=u.completion_tokens, total_tokens=u.total_tokens, latency_p50_ms=u.latency_p50_ms,
+            retries=u.retries, rate_limited=u.rate_limited, **{name: getattr(u, name) for name in TOKEN_FIELDS},
+            latency_p50_ms=u.latency_p50_ms,
             latency_p95_ms=u.latency_p95_ms, latency_p99_ms=u.latency_p99_ms,
             rows_per_second=u.rows_in / seconds, estimated_cost=u.estimated_cost)
         rows.append(Row(**{f.name: values[f.name] for f in USAGE_SCHEMA.fields}))

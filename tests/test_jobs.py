@@ -61,9 +61,14 @@ def test_results_and_usage_tables_match_the_server(spark, job_endpoints):
     bodies = [f"ticket number {i} about billing" for i in range(100)] + ["ticket number 1 about billing", None]
     _tickets(spark, "jobs_a", bodies)
     spec = parse_spec(_spec("jobs_a"))
+    before = time.time()
     result = run_job(spark, spec, prices={})
+    after = time.time()
     assert result.ok, result.reasons
     answers = spark.table("jobs_a.answers").orderBy("id").collect()
+    started = [r["answer__status"]["started_at"] for r in answers[:100]]
+    assert all(before <= t <= after for t in started)  # epoch seconds of the first send
+    assert answers[101]["answer__status"]["started_at"] is None  # a NULL request was never sent
     assert [r["id"] for r in answers] == list(range(102))
     for row in answers[:100]:
         assert row["answer"] == simulated_answer(f"Reply to: {bodies[row['id']]}", 50)[0]
@@ -313,9 +318,9 @@ def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
     assert answers.columns == ["id", "answer", "answer__status", "vec", "vec__status", "ok", "run_id", "run_chunk",
                                "answered_at"]
     assert answers.schema["vec"].dataType.simpleString() == "array<float>"
-    assert answers.schema["answer__status"].dataType.names == ["error", "error_kind", "attempts", "latency_ms",
-                                                                "prompt_tokens", "completion_tokens",
-                                                                "total_tokens", "requests", "rate_limited"]
+    assert answers.schema["answer__status"].dataType.names == [
+        "error", "error_kind", "attempts", "latency_ms", "started_at", "prompt_tokens", "completion_tokens",
+        "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited"]
     from jobs.tables import USAGE_SCHEMA
     assert [(f.name, f.dataType) for f in usage.schema] == [(f.name, f.dataType) for f in USAGE_SCHEMA]
     _tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables
