@@ -16,7 +16,6 @@ import collections
 import hmac
 import itertools
 import json
-import math
 import os
 import random
 import secrets
@@ -27,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import limits
 from . import simulate as sim
 
 FAULT_KINDS = frozenset(
@@ -110,6 +110,7 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "embedding_dim": (int, 16, "embedding vector size"),
     "seed": (int, 0, "seed for fault and jitter draws"),
     "record": (_flag, False, "record per-prompt call counts and the last 200 bodies"),
+    **limits.OPTIONS,
 }
 
 
@@ -140,33 +141,6 @@ def public_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- state
-
-class TokenBucket:
-    """Admits at ``rate`` per second with bursts up to ``capacity``."""
-
-    def __init__(self, rate: float, burst: float | None):
-        self.rate = rate
-        self.capacity = burst if burst else max(1.0, rate / 10)
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def take(self) -> float:
-        """0 when admitted, else the seconds until a token frees up."""
-        self._refill()
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-    def wait(self) -> float:
-        self._refill()
-        return max(0.0, (1.0 - self.tokens) / self.rate)
-
 
 class Stats:
     """Plain counters; a snapshot is built only when asked for."""
@@ -223,8 +197,8 @@ class State:
             raise ValueError(f"{fixed} cannot change while the server runs")
         self.options = apply_options(self.options, changes)
         opts = self.options
-        if not changes or "rate_limit" in changes or "burst" in changes:
-            self.bucket = TokenBucket(opts["rate_limit"], opts["burst"]) if opts["rate_limit"] > 0 else None
+        if not changes or any(name in changes for name in limits.RATE_OPTIONS):
+            self.limiter = limits.build(opts)
         self.auth_required = bool(opts["token"] or opts["oauth_client_id"])
         if not changes or "seed" in changes:
             self.rng = random.Random(opts["seed"])
@@ -258,15 +232,8 @@ class State:
         return token
 
     def retry_headers(self, wait: float | None) -> dict[str, str]:
-        setting = self.options["retry_after"]
-        if setting == "none":
-            return {}
-        if setting == "auto":
-            seconds = wait if wait else (self.bucket.wait() if self.bucket else 0.0) or 0.1
-        else:
-            seconds = setting
-        whole = max(1, math.ceil(seconds)) if seconds > 0 else 0
-        return {"Retry-After": str(whole), "retry-after-ms": f"{seconds * 1000:.3f}"}
+        bucket = getattr(self.limiter, "bucket", None)
+        return limits.retry_headers(self.options["retry_after"], wait or (bucket.wait() if bucket else 0.0))
 
     def directive(self, texts: list[str]) -> tuple[str, Any] | None:
         """Per-prompt scripted behaviour, checked before any random fault."""
@@ -637,17 +604,26 @@ async def _serve(request: web.Request, st: State, task: str | None, dbx: bool) -
     if st.auth_required and not st.authorized(request.headers.get("Authorization")):
         st.stats.auth_failures += 1
         return _error(st, 401, "missing or invalid bearer token", dbx)
-    if st.bucket is not None:
-        wait = st.bucket.take()
-        if wait:
-            return _error(st, 429, "rate limit exceeded", dbx, headers=st.retry_headers(wait))
-    st.stats.accept()
+    limiter = st.limiter
+    if limiter is not None and not limiter.by_tokens:
+        refused = limiter.admit(1.0, st.in_flight)
+        if refused:
+            return _error(st, 429, refused.message, dbx, headers=refused.headers)
     try:
         job = await _job(request, task)
     except BadRequest as exc:
         return _error(st, 400, str(exc), dbx)
+    if limiter is not None and limiter.by_tokens:
+        refused = limiter.admit(limits.request_cost(job.body, sum(map(sim.count_tokens, job.texts))), st.in_flight)
+        if refused:
+            return _error(st, 429, refused.message, dbx, headers=refused.headers)
+    st.stats.accept()
     model = request.match_info.get("name") or job.body.get("model") or "simulated"
-    return await _respond(request, st, job, str(model), dbx)
+    response = await _respond(request, st, job, str(model), dbx)
+    extra = limiter.headers() if limiter is not None and response.status == 200 else None
+    if extra and not response.prepared:
+        response.headers.update(extra)
+    return response
 
 
 async def _job(request: web.Request, task: str | None) -> Job:
@@ -777,7 +753,8 @@ def _same(given: str, expected: str) -> bool:
 
 async def admin_stats(request: web.Request) -> web.Response:
     st: State = request.app[STATE]
-    return web.json_response(st.stats.snapshot(st.in_flight))
+    return web.json_response({**st.stats.snapshot(st.in_flight),
+                              "limit": st.limiter.snapshot() if st.limiter else None})
 
 
 async def admin_prompts(request: web.Request) -> web.Response:
