@@ -125,6 +125,19 @@ def test_structured_output_through_the_grammar(spark, real):
     assert [json.loads(r["t"]) for r in text] == [r["t"]["result"].asDict() for r in out]
 
 
+def test_structured_output_cut_at_the_token_limit_says_so(spark, real):
+    """SmolLM2 stops mid-JSON at a small max_tokens (finish_reason "length"): the row says so, with the limit."""
+    df = spark.createDataFrame([(t,) for t in TICKETS], "ticket string").coalesce(1)
+    for return_type in ("STRUCT<category: STRING, urgency: STRING>", None):
+        out = df.select(ai_query("real-chat", "ticket", failOnError=False, responseFormat=TRIAGE,
+                                 returnType=return_type,
+                                 modelParameters={"max_tokens": 4, "temperature": 0.0}).alias("t")).collect()
+        for row in out:
+            assert row["t"]["result"] is None
+            assert "cut at the output-token limit (max_tokens=4 from modelParameters)" in row["t"]["errorMessage"]
+            assert "Partial answer: '" in row["t"]["errorMessage"]
+
+
 def test_task_functions(spark, real, monkeypatch):
     registry.names()
     monkeypatch.setitem(registry.defaults, "chat", "real-chat")

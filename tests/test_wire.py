@@ -254,6 +254,13 @@ def test_a_structured_answer_cut_at_the_limit_says_which_limit():
     assert no_answer(long, structured=True).endswith("Partial answer: '" + "x" * 1000 + "...'")
 
 
+def test_a_whole_structured_answer_that_says_length_is_the_answer():
+    """llama-server's grammar may close the JSON and still report "length" (seen with SmolLM2 at 40 tokens)."""
+    whole = choice({"content": '{\n  "category": "shipping",\n  "urgency": "medium"\n}'}, "length")
+    assert parse_answer(openai("chat"), whole, 1, structured=True, max_tokens=40) == [
+        '{\n  "category": "shipping",\n  "urgency": "medium"\n}']
+
+
 @pytest.mark.parametrize("message,usage,spent", [
     ({"content": "", "reasoning_content": "thinking..."}, {"completion_tokens_details": {"reasoning_tokens": 64}},
      " (64 reasoning tokens)"),
