@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job spec without starting Spark")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--endpoints", type=Path)
+    preview = commands.add_parser("preview", help="answer a stable sample of the input through each variant "
+                                                  "(endpoints, prompts) and write an HTML page comparing them")
+    preview.add_argument("spec", type=Path)
+    preview.add_argument("--rows", type=int, help="rows in the sample (default: the spec's preview.rows, or 20)")
+    preview.add_argument("--endpoint", action="append", default=[], metavar="[OUTPUT=]NAME",
+                         help="a variant answered by this endpoint (every output of its task, or only OUTPUT); "
+                              "repeat to compare")
+    preview.add_argument("--variant", action="append", default=[], help="only these variants of the spec")
+    preview.add_argument("--out", type=Path, help="the page's path (default: previews/<job>.html in the warehouse)")
+    preview.add_argument("--master")
+    preview.add_argument("--endpoints", type=Path)
     demo = commands.add_parser("demo", help="start a local endpoint and run the demo job end to end")
     demo.add_argument("--rows", type=int, default=None, help="use only the first N sample tickets")
     demo.add_argument("--real", action="store_true", help="answer with a real model on this machine (llama.cpp's "
@@ -87,6 +98,8 @@ def summary(spec: JobSpec, result, seconds: float) -> str:
     for reason in result.reasons:
         lines.append(f"  limit: {reason}")
     lines.append(f"  results: {spec.results_table}   usage: {spec.usage_table}")
+    if getattr(result, "report", None):
+        lines.append(f"  report: {result.report}")
     return "\n".join(lines)
 
 
@@ -120,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: job {spec.name} is valid ({len(spec.outputs)} outputs: "
                   f"{', '.join(o.name + ' -> ' + o.query.endpoint.name for o in spec.outputs)})")
             return EXIT_OK
+        if args.command == "preview":
+            from .preview import preview_command
+            return preview_command(args)
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(rows=args.rows, real=args.real)
