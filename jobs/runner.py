@@ -25,6 +25,7 @@ from batch.functions import query_column, task_slots
 
 from . import tables
 from .progress import Progress
+from .report import write_report
 from .spec import PLACEHOLDER, JobSpec, OutputSpec
 from .usage import EndpointUsage, Price, chunk_totals, load_prices, summarize, usage_rows, write_usage
 
@@ -44,6 +45,7 @@ class RunResult:
     usage: list[EndpointUsage] = field(default_factory=list)
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now())
     ended: dt.datetime | None = None
+    report: str | None = None      # the run report's path (HTML, beside the usage table)
 
     @property
     def ok(self) -> bool:
@@ -218,6 +220,7 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
         progress.finish()
         result.ended = dt.datetime.now()
         _finish(spark, spec, result, prices, staging)
+        result.report = write_report(spark, spec, result)
     return result
 
 
