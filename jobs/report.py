@@ -3,9 +3,9 @@
 Nothing is counted on the side while the job runs: every row's status already holds when
 its request was first sent (``started_at``), its latency, attempts, 429s, tokens and error
 kind, so the report is a handful of small aggregations over the run's own rows once the
-run ends (one cached scan, collected as a few hundred numbers). In flight over time is
-the overlap of the intervals [started_at, started_at + latency] of the rows that carried
-a request, averaged over each time bin exactly (from the starts and ends inside it).
+run ends (one narrow read). In flight over time is the overlap of the intervals
+[started_at, started_at + latency] of the rows that carried a request, averaged over each
+time bin exactly.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ __all__ = ["ReportData", "gather", "render", "report_path", "write_report", "BIN
 
 log = logging.getLogger("jobs.report")
 
-BINS = 60            # time bins over the run
+BINS = 60                # time bins over the run
 LATENCY_BINS = 24
-LISTED = 20          # slowest and failed rows shown
+LISTED = 20              # slowest and failed rows shown
+MAX_ANSWERS = 200_000    # answers read for the plots; a larger run is read as a fixed sample of this size
 
 
 @dataclass
@@ -46,117 +47,91 @@ class ReportData:
     latency: dict[str, list[float]] = field(default_factory=dict)    # endpoint -> requests per latency bin
     slowest: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    fraction: float = 1.0                # of the run's answers read for the plots (counts are scaled back)
     gather_seconds: float = 0.0
 
 
 def _long(rows: DataFrame, spec: JobSpec) -> DataFrame:
-    """One row per (input row, output), with a printable key, the output's endpoint and its status fields."""
+    """One row per (input row, output), with a printable key, the output's endpoint and its status fields,
+    from a single scan of the results (the outputs exploded, not unioned)."""
     key = F.concat_ws(", ", *[F.concat(F.lit(f"{k}="), F.col(k).cast("string")) for k in spec.keys])
-    parts = []
-    for output in spec.outputs:
-        s = F.col(status_column(output.name))
-        parts.append(rows.select(key.alias("key"), F.lit(output.name).alias("output"),
-                                 F.lit(output.query.endpoint.name).alias("endpoint"),
-                                 *[s[f].alias(f) for f in ("error", "error_kind", "attempts", "latency_ms",
-                                                           "started_at", "requests", "rate_limited")]))
-    long = parts[0]
-    for part in parts[1:]:
-        long = long.unionByName(part)
-    return long
+    fields = ("error", "error_kind", "attempts", "latency_ms", "started_at", "requests", "rate_limited")
+    per_output = [F.struct(F.lit(o.name).alias("output"), F.lit(o.query.endpoint.name).alias("endpoint"),
+                           *[F.col(status_column(o.name))[f].alias(f) for f in fields]) for o in spec.outputs]
+    return rows.select(key.alias("key"), F.explode(F.array(*per_output)).alias("a")).select("key", "a.*")
 
 
-def gather(spark: SparkSession, spec: JobSpec, run_id: str, started: float) -> ReportData:
-    """The plots' numbers for one run, ``started`` being the run's start in epoch seconds."""
+def gather(spark: SparkSession, spec: JobSpec, run_id: str, started: float, rows: int = 0) -> ReportData:
+    """The plots' numbers for one run, ``started`` being the run's start in epoch seconds and ``rows`` how many
+    rows it wrote.
+
+    The run's rows are read once, narrow (a few numbers per answer), and binned here: one Spark job,
+    cheaper than several aggregations on a local master. Past ``MAX_ANSWERS`` a fixed sample of the
+    answers (by a hash of key and output) is read and its counts scaled, so a run of any size costs
+    the same; the slowest and failed rows then come from two small queries of their own."""
     clock = time.perf_counter()
     data = ReportData()
     if not table_exists(spark, spec.results_table):
         return data
-    long = _long(spark.table(spec.results_table).where(F.col("run_id") == run_id), spec).cache()
-    try:
-        _gather(long, data, started)
-    finally:
-        long.unpersist()
+    long = _long(spark.table(spec.results_table).where(F.col("run_id") == run_id), spec)
+    answers = rows * len(spec.outputs)
+    data.fraction = min(1.0, MAX_ANSWERS / answers) if answers else 1.0
+    read = long if data.fraction >= 1.0 else long.where(
+        F.abs(F.xxhash64("key", "output")) % 1_000_000 < int(data.fraction * 1_000_000))
+    records = [r.asDict() for r in read.collect()]
+    _bin(records, data, started)
+    if data.fraction >= 1.0:
+        data.slowest = sorted((r for r in records if r["latency_ms"] is not None),
+                              key=lambda r: -r["latency_ms"])[:LISTED]
+        data.failed = sorted((r for r in records if r["error"] is not None),
+                             key=lambda r: (r["key"], r["output"]))[:LISTED]
+    else:
+        data.slowest = [r.asDict() for r in long.where(F.col("latency_ms").isNotNull())
+                        .orderBy(F.col("latency_ms").desc()).limit(LISTED).collect()]
+        data.failed = [r.asDict() for r in long.where(F.col("error").isNotNull()).orderBy("key", "output")
+                       .limit(LISTED).collect()]
     data.gather_seconds = time.perf_counter() - clock
     return data
 
 
-def _gather(long: DataFrame, data: ReportData, started: float) -> None:
-    timed = long.where(F.col("started_at").isNotNull() & F.col("latency_ms").isNotNull())
-    ended = F.col("started_at") + F.col("latency_ms") / 1000.0
-    bounds = timed.agg(F.max(ended).alias("end"), F.min("started_at").alias("first"),
-                       F.max(F.when(F.col("requests") > 0, F.col("latency_ms"))).alias("slowest")).first()
-    if bounds["end"] is not None:
-        origin = min(started, bounds["first"])
-        data.seconds = max(bounds["end"] - origin, 1e-3)
-        width = data.seconds / BINS
-        data.edges = [i * width for i in range(BINS + 1)]
-        _timeline(timed, data, origin, width, ended)
-        if bounds["slowest"] is not None:
-            _latency(timed, data, bounds["slowest"])
-    listed = ["key", "output", "endpoint", "latency_ms", "attempts", "error_kind", "error"]
-    data.slowest = [r.asDict() for r in long.where(F.col("latency_ms").isNotNull())
-                    .orderBy(F.col("latency_ms").desc()).select(*listed).limit(LISTED).collect()]
-    data.failed = [r.asDict() for r in long.where(F.col("error").isNotNull()).orderBy("key", "output")
-                   .select(*listed).limit(LISTED).collect()]
-
-
-def _timeline(timed: DataFrame, data: ReportData, origin: float, width: float, ended) -> None:
-    """Per time bin and endpoint: answers ended, errors by kind, 429s and retries (counted when the row
-    ended), and the mean number of requests in flight."""
-    def binned(at):
-        return F.least(F.floor((at - F.lit(origin)) / F.lit(width)), F.lit(BINS - 1)).cast("int")
-
-    is_request = F.col("requests") > 0
-    starts = timed.where(is_request).select(
-        binned(F.col("started_at")).alias("bin"), "endpoint", F.lit(None).cast("string").alias("kind"),
-        F.lit(1).alias("starts"), (F.lit(origin) - F.col("started_at")).alias("start_offset"),
-        F.lit(0).alias("ends"), F.lit(0.0).alias("end_offset"), F.lit(0).alias("answers"),
-        F.lit(0).alias("rate_limited"), F.lit(0).alias("retries"))
-    ends = timed.select(
-        binned(ended).alias("bin"), "endpoint",
-        F.when(F.col("error").isNotNull(), F.coalesce("error_kind", F.lit("error"))).alias("kind"),
-        F.lit(0).alias("starts"), F.lit(0.0).alias("start_offset"), F.when(is_request, 1).otherwise(0).alias("ends"),
-        F.when(is_request, F.lit(origin) - ended).otherwise(0.0).alias("end_offset"), F.lit(1).alias("answers"),
-        F.coalesce("rate_limited", F.lit(0)).alias("rate_limited"),
-        F.when(is_request, F.greatest(F.col("attempts") - 1, F.lit(0))).otherwise(0).alias("retries"))
-    cells = starts.unionByName(ends).groupBy("bin", "endpoint", "kind").agg(
-        *[F.sum(c).alias(c) for c in ("starts", "start_offset", "ends", "end_offset", "answers", "rate_limited",
-                                      "retries")]).collect()
-    endpoints = sorted({c["endpoint"] for c in cells})
+def _bin(records: list[dict[str, Any]], data: ReportData, started: float) -> None:
+    """Per time bin and endpoint: answers ended, errors by kind, 429s and retries (counted when the answer
+    ended), and the mean number of requests in flight (each request's interval spread over the bins it
+    overlaps); per endpoint, requests by latency."""
+    timed = [r for r in records if r["started_at"] is not None and r["latency_ms"] is not None]
+    if not timed:
+        return
+    weight = 1.0 / data.fraction
+    origin = min(started, min(r["started_at"] for r in timed))
+    data.seconds = max(max(r["started_at"] + r["latency_ms"] / 1000.0 for r in timed) - origin, 1e-3)
+    width = data.seconds / BINS
+    data.edges = [i * width for i in range(BINS + 1)]
+    endpoints = sorted({r["endpoint"] for r in timed})
     data.answers = {e: [0.0] * BINS for e in endpoints}
+    data.in_flight = {e: [0.0] * BINS for e in endpoints}
     data.rate_limited, data.retries = [0.0] * BINS, [0.0] * BINS
-    # Time inside each bin, in flight: sum over starts in the bin of (bin end - start), minus the same for ends,
-    # plus the whole bin for every request that started before it and had not ended.
-    inside = {e: [0.0] * BINS for e in endpoints}
-    started = {e: [0] * BINS for e in endpoints}
-    for c in cells:
-        b, e = c["bin"], c["endpoint"]
-        bin_end = origin + (b + 1) * width
-        data.answers[e][b] += c["answers"] / width
-        inside[e][b] += c["starts"] * bin_end + c["start_offset"] - origin * c["starts"] \
-            - (c["ends"] * bin_end + c["end_offset"] - origin * c["ends"])
-        started[e][b] += c["starts"] - c["ends"]
-        data.rate_limited[b] += c["rate_limited"]
-        data.retries[b] += c["retries"]
-        if c["kind"] is not None:
-            data.errors.setdefault(c["kind"], [0.0] * BINS)[b] += c["answers"]
-    for e in endpoints:
-        open_before, series = 0, []
-        for b in range(BINS):
-            series.append(max(open_before + inside[e][b] / width, 0.0))
-            open_before += started[e][b]
-        data.in_flight[e] = series
-
-
-def _latency(timed: DataFrame, data: ReportData, slowest: float) -> None:
-    edges = svg.nice_ticks(0.0, slowest, LATENCY_BINS)
-    step = edges[1] - edges[0]
-    data.latency_edges = edges
-    counts = timed.where(F.col("requests") > 0).groupBy(
-        "endpoint", F.least(F.floor(F.col("latency_ms") / step), F.lit(len(edges) - 2)).cast("int").alias("bin")
-    ).count().collect()
-    for c in counts:
-        data.latency.setdefault(c["endpoint"], [0.0] * (len(edges) - 1))[c["bin"]] += c["count"]
+    requests = [r for r in timed if r["requests"]]
+    slowest = max((r["latency_ms"] for r in requests), default=0.0)
+    data.latency_edges = svg.nice_ticks(0.0, slowest or 1.0, LATENCY_BINS)
+    step = data.latency_edges[1] - data.latency_edges[0]
+    latency_bins = len(data.latency_edges) - 1
+    for r in timed:
+        begin = r["started_at"] - origin
+        end = begin + r["latency_ms"] / 1000.0
+        last = min(int(end / width), BINS - 1)
+        data.answers[r["endpoint"]][last] += weight / width
+        if r["error"] is not None:
+            data.errors.setdefault(r["error_kind"] or "error", [0.0] * BINS)[last] += weight
+        data.rate_limited[last] += (r["rate_limited"] or 0) * weight
+        if not r["requests"]:
+            continue
+        data.retries[last] += max((r["attempts"] or 0) - 1, 0) * weight
+        flight = data.in_flight[r["endpoint"]]
+        for b in range(min(int(begin / width), BINS - 1), last + 1):
+            overlap = min(end, (b + 1) * width) - max(begin, b * width)
+            flight[b] += max(overlap, 0.0) / width * weight
+        data.latency.setdefault(r["endpoint"], [0.0] * latency_bins)[
+            min(int(r["latency_ms"] / step), latency_bins - 1)] += weight
 
 
 # ------------------------------------------------------------------ the page
@@ -189,7 +164,8 @@ def render(spec: JobSpec, result: Any, data: ReportData) -> str:
                        title="Latency per request", x_label="latency (ms)", y_label="requests", stacked=False,
                        width=560),
         svg.range_bars(data.edges, [svg.Series(k, v) for k, v in sorted(data.errors.items())],
-                       title="Errors by kind over time", y_label="failed answers", empty="no errors", **kw),
+                       title="Errors by kind over time", y_label="failed answers", empty="no errors",
+                       legend=True, **kw),
         svg.range_bars(data.edges, [svg.Series("429 responses", data.rate_limited, svg.PALETTE[3]),
                                     svg.Series("retries", data.retries, svg.PALETTE[1])],
                        title="429s and retries over time", y_label="count", stacked=False,
@@ -220,7 +196,8 @@ def render(spec: JobSpec, result: Any, data: ReportData) -> str:
                                                             '<p class="note">none</p>'))
     body.append(f'<p class="note">Gathered from the run\'s rows in {spec.results_table} in '
                 f"{data.gather_seconds:.2f} s after the run; time bins of {svg.fmt_seconds(data.seconds / BINS)}"
-                f".</p>" if data.edges else "")
+                + (f"; plots from a fixed sample of {data.fraction:.1%} of the answers, counts scaled"
+                   if data.fraction < 1 else "") + ".</p>" if data.edges else "")
     subtitle = (f"run {page.text(result.run_id)} · {page.text(spec.source)} · results {page.text(spec.results_table)}"
                 f" · usage {page.text(spec.usage_table)}")
     return page.document(f"Run report: {spec.name}", subtitle, "".join(body))
@@ -265,7 +242,7 @@ def report_path(spark: SparkSession, spec: JobSpec, run_id: str) -> Path:
 def write_report(spark: SparkSession, spec: JobSpec, result: Any) -> str | None:
     """Called at the end of every run; a report that cannot be written is logged, never fails the run."""
     try:
-        data = gather(spark, spec, result.run_id, result.started.timestamp())
+        data = gather(spark, spec, result.run_id, result.started.timestamp(), result.rows_in)
         return str(page.write_page(report_path(spark, spec, result.run_id), render(spec, result, data)))
     except Exception as exc:  # noqa: BLE001
         log.warning("run report not written: %s", exc)

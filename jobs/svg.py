@@ -77,9 +77,9 @@ def _color(series: Series, index: int) -> str:
     return series.color or PALETTE[index % len(PALETTE)]
 
 
-def _legend(series: Sequence[Series]) -> list[tuple[str, str]]:
-    """One series needs no legend: the title names it."""
-    return [(s.name, _color(s, i)) for i, s in enumerate(series)] if len(series) > 1 else []
+def _legend(series: Sequence[Series], always: bool = False) -> list[tuple[str, str]]:
+    """One series needs no legend unless its name says more than the title (an error kind)."""
+    return [(s.name, _color(s, i)) for i, s in enumerate(series)] if always or len(series) > 1 else []
 
 
 class _Frame:
@@ -178,7 +178,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
 
 def range_bars(edges: Sequence[float], series: Sequence[Series], *, title: str, x_label: str, y_label: str,
                x_format: Format = fmt_number, y_format: Format = fmt_number, stacked: bool = True,
-               width: int = 560, height: int = 250, empty: str = "no data") -> str:
+               width: int = 560, height: int = 250, empty: str = "no data", legend: bool = False) -> str:
     """Bars over consecutive ranges (a histogram, or counts per time interval): ``values[i]`` spans
     ``edges[i]..edges[i+1]``; several series are stacked, or drawn side by side within each range."""
     if len(edges) < 2 or not any(any(v for v in s.values) for s in series):
@@ -186,7 +186,7 @@ def range_bars(edges: Sequence[float], series: Sequence[Series], *, title: str, 
     count = len(edges) - 1
     tops = [sum(s.values[i] for s in series) if stacked else max(s.values[i] for s in series) for i in range(count)]
     frame = _Frame(title, x_label, y_label, nice_ticks(edges[0], edges[-1], 6), nice_ticks(0.0, max(tops)),
-                   width, height, _legend(series), y_format)
+                   width, height, _legend(series, legend), y_format)
     base = [0.0] * count
     for k, s in enumerate(series):
         color = _color(s, k)
