@@ -32,11 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 from .config import EndpointConfig
 from .engine import RowOutcome, answer_rows
 from .errors import EndpointError
-from .shared import private_dir
+from .flow.shared import private_dir
 from .wire import request_body
 
 __all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
-           "answer_remembered", "FILE_NAME"]
+           "answer_remembered", "body_digest", "FILE_NAME"]
 
 log = logging.getLogger("batch.memo")
 
@@ -89,8 +89,13 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MemoSettings:
 def fingerprint(scope: str, config: EndpointConfig, value: Any, params: Mapping[str, Any] | None,
                 response_format: Mapping[str, Any] | None) -> bytes:
     """What one input would be sent as, hashed: the same body asked of the same endpoint gets the same key."""
-    body = request_body(config, [value], params, response_format)
-    text = f"{scope}\x00{config.name}\x00{config.url()}\x00{_encode(body)}"
+    return body_digest(request_body(config, [value], params, response_format), scope, config.name, config.url())
+
+
+def body_digest(body: Any, *context: str) -> bytes:
+    """SHA-256 of a request body (keys sorted, so equal bodies hash equal) and the context it is asked in.
+    The job runner's per-row fingerprint is this too, with its own context."""
+    text = "\x00".join((*context, _encode(body)))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 

@@ -1,7 +1,8 @@
 """``python -m jobs``: run, validate, or demo a batch inference job.
 
 Exit status: 0 when the run met its limits, 1 when it did not (or failed), 2 when
-the spec or configuration is wrong (nothing was called).
+the spec or configuration is wrong (nothing was called), 3 when ``max_spend`` stopped
+it at a chunk boundary (resumable).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 from batch.config import REGISTRY_ENV
 from batch.errors import BatchError, ConfigError
 
-from .spec import JobSpec, load_spec
+from .spec import MODES, JobSpec, load_spec
 
 __all__ = ["main", "session_for", "summary"]
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_STOPPED = 3  # stopped cleanly by limits.max_spend at a chunk boundary: run again to answer the rest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                                                     "conf/endpoints.yaml)")
     run.add_argument("--run-id", help="an id for this run (default: random)")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.add_argument("--mode", choices=MODES, help="results.mode for this run; sync also removes the answers of "
+                                                   "keys no longer in the input")
+    estimate = commands.add_parser("estimate", help="rows, tokens and cost of what run would answer, before "
+                                                    "running it")
+    estimate.add_argument("spec", type=Path)
+    estimate.add_argument("--sample", type=int, default=0, metavar="N",
+                          help="ask N real rows per output and scale the figures by what was billed")
+    estimate.add_argument("--only-failed", action="store_true")
+    estimate.add_argument("--max-rows", type=int)
+    estimate.add_argument("--mode", choices=MODES)
+    estimate.add_argument("--master")
+    estimate.add_argument("--endpoints", type=Path)
     validate = commands.add_parser("validate", help="check a job spec without starting Spark")
     validate.add_argument("spec", type=Path)
     validate.add_argument("--endpoints", type=Path)
@@ -85,6 +99,11 @@ def summary(spec: JobSpec, result, seconds: float) -> str:
     failed_share = f" ({result.rows_failed / result.rows_in:.1%})" if result.rows_in else ""
     lines.append(f"  rows: {result.rows_pending:,} to answer, {result.rows_in:,} written, "
                  f"{result.rows_failed:,} failed{failed_share}, {result.skipped_null_keys:,} skipped (NULL key)")
+    if getattr(result, "rows_by_category", None):
+        lines.append("  keys: " + ", ".join(f"{v:,} {k}" for k, v in result.rows_by_category.items())
+                     + f", {result.rows_removed:,} removed")
+    if getattr(result, "estimate", None) is not None and result.estimate.cost_point is not None:
+        lines.append(f"  spend: ${result.spend:.4f} (estimated before the run: ${result.estimate.cost_point:.4f})")
     for u in result.usage:
         latency = (f", latency p50 {u.latency_p50_ms:.0f} ms p95 {u.latency_p95_ms:.0f} ms"
                    if u.latency_p50_ms is not None else "")
@@ -109,6 +128,8 @@ def _load(args: argparse.Namespace) -> JobSpec:
     spec = load_spec(args.spec)
     if getattr(args, "max_rows", None):
         spec = replace(spec, limits=replace(spec.limits, max_rows=args.max_rows))
+    if getattr(args, "mode", None):
+        spec = replace(spec, mode=args.mode)
     return spec
 
 
@@ -122,7 +143,16 @@ def run_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     result = run_job(spark, spec, only_failed=args.only_failed, run_id=args.run_id, progress=progress)
     print(summary(spec, result, time.monotonic() - started), flush=True)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return EXIT_OK if result.ok else EXIT_STOPPED if result.stopped else EXIT_FAILED
+
+
+def estimate_command(args: argparse.Namespace) -> int:
+    from .estimate import describe, estimate_job
+
+    spec = _load(args)
+    spark = session_for(spec, args.master)
+    print(describe(spec, estimate_job(spark, spec, sample=args.sample, only_failed=args.only_failed)), flush=True)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preview":
             from .preview import preview_command
             return preview_command(args)
+        if args.command == "estimate":
+            return estimate_command(args)
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(rows=args.rows, real=args.real)

@@ -18,9 +18,10 @@ from batch.config import registry
 from batch.errors import (ConfigError, InvalidModelParametersError, UnknownEndpointError,
                           UnsupportedResponseFormatError)
 
-__all__ = ["JobSpec", "InputSpec", "OutputSpec", "Limits", "load_spec", "parse_spec", "MODES", "FORMATS"]
+__all__ = ["JobSpec", "InputSpec", "OutputSpec", "Limits", "Execution", "load_spec", "parse_spec", "MODES", "FORMATS"]
 
-MODES = ("resume", "append", "overwrite")
+# resume: answer what is new, failed or changed; sync: that, and remove the answers of keys gone from the input
+MODES = ("resume", "sync", "append", "overwrite")
 FORMATS = ("parquet", "delta", "iceberg", "orc")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -59,6 +60,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Execution:
+    """How requests reach the endpoint: ``sync`` (one HTTP call per request, from the executors) or ``batch``
+    (the provider's Batch API: JSONL files of requests, answered within ``completion_window`` at batch prices).
+    The file limits are OpenAI's: 50,000 requests and 200 MB per input file."""
+
+    mode: str = "sync"
+    poll_seconds: float = 30.0
+    completion_window: str = "24h"
+    max_requests_per_file: int = 50_000
+    max_bytes_per_file: int = 200 * 1024 * 1024
+
+
+EXECUTION_MODES = ("sync", "batch")
+BATCH_APIS = ("openai", "responses")
+BATCH_TASKS = ("chat", "completions", "embeddings")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     source: str
@@ -70,6 +89,7 @@ class JobSpec:
     mode: str = "resume"
     table_format: str = "parquet"
     limits: Limits = Limits()
+    execution: Execution = Execution()
     commit_every: int = 5000
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     master: str = "local[*]"
@@ -81,7 +101,9 @@ class JobSpec:
         return line_of(self.lines, *path)
 
 
-_TOP = {"job", "input", "outputs", "results", "usage", "limits", "spark", "commit_every", "prices", "endpoints"}
+_TOP = {"job", "input", "outputs", "results", "usage", "limits", "spark", "commit_every", "prices", "endpoints",
+        "execution"}
+_EXECUTION = {"mode", "poll_seconds", "completion_window", "max_requests_per_file", "max_bytes_per_file"}
 _INPUT = {"table", "query", "path", "format", "options", "key"}
 _OUTPUT = {"endpoint", "prompt", "request", "returnType", "failOnError", "modelParameters", "responseFormat"}
 _RESULTS = {"table", "mode", "format"}
@@ -171,6 +193,7 @@ def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None) -> 
                                                                           "max_rows", integer=True, low=1),
         max_spend=None if limits_raw.get("max_spend") is None else c.number(limits_raw["max_spend"], "limits",
                                                                             "max_spend"))
+    execution = _execution(c, top.get("execution"), outputs)
     spark = c.mapping(top.get("spark") or {}, _SPARK, "spark")
     conf = spark.get("conf") or {}
     if not isinstance(conf, Mapping):
@@ -179,12 +202,40 @@ def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None) -> 
         name=name, source=source, input=input_spec, keys=keys, outputs=outputs,
         results_table=c.text(results["table"], "results", "table", pattern=_TABLE),
         usage_table=c.text(usage["table"], "usage", "table", pattern=_TABLE), mode=mode,
-        table_format=table_format, limits=limits,
+        table_format=table_format, limits=limits, execution=execution,
         commit_every=c.number(top.get("commit_every", 5000), "commit_every", integer=True, low=1),
         spark_conf={str(k): str(v) for k, v in conf.items()},
         master=c.text(spark.get("master", "local[*]"), "spark", "master"),
         warehouse=c.text(spark.get("warehouse", "spark-warehouse"), "spark", "warehouse"),
         prices=top.get("prices") and c.text(top["prices"], "prices"), lines=lines or {})
+
+
+def _execution(c: _Checker, raw: Any, outputs: tuple["OutputSpec", ...]) -> Execution:
+    """``execution: batch`` or a mapping with ``mode`` and the batch settings."""
+    if raw is None:
+        return Execution()
+    entry = {"mode": raw} if isinstance(raw, str) else c.mapping(raw, _EXECUTION, "execution")
+    mode = entry.get("mode", "sync")
+    if mode not in EXECUTION_MODES:
+        raise c.error(f"'execution' must be one of {', '.join(EXECUTION_MODES)}, got {mode!r}", "execution")
+    defaults = Execution()
+    execution = Execution(
+        mode=mode,
+        poll_seconds=c.number(entry.get("poll_seconds", defaults.poll_seconds), "execution", "poll_seconds"),
+        completion_window=c.text(entry.get("completion_window", defaults.completion_window), "execution",
+                                 "completion_window"),
+        max_requests_per_file=c.number(entry.get("max_requests_per_file", defaults.max_requests_per_file),
+                                       "execution", "max_requests_per_file", integer=True, low=1, high=50_000),
+        max_bytes_per_file=c.number(entry.get("max_bytes_per_file", defaults.max_bytes_per_file), "execution",
+                                    "max_bytes_per_file", integer=True, low=1024, high=200 * 1024 * 1024))
+    if mode == "batch":
+        for output in outputs:
+            config = output.query.endpoint
+            if config.api not in BATCH_APIS or config.task not in BATCH_TASKS:
+                raise c.error(f"execution: batch needs OpenAI-compatible endpoints that offer the Batch API (api "
+                              f"openai or responses, task chat, completions or embeddings); output '{output.name}' "
+                              f"uses '{config.name}' (api {config.api}, task {config.task})", "execution")
+    return execution
 
 
 def _load_endpoints(c: _Checker, path: Any) -> None:

@@ -13,12 +13,13 @@ from pyspark.sql import types as T
 
 from batch.engine import ROW_RECORD
 
-__all__ = ["STATUS_FIELDS", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without_failures",
+__all__ = ["STATUS_FIELDS", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without",
            "status_column"]
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
 # then the per-row record as ``batch.engine.ROW_RECORD`` defines it.
-STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD]
+# ``fingerprint`` is what was asked (see ``jobs.runner.fingerprint_column``), so a rerun knows what changed.
+STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD, "fingerprint"]
 # The token counts of the record, summed by the usage table under the same names.
 TOKEN_FIELDS = [name for name in ROW_RECORD if name.endswith("_tokens")]
 
@@ -47,6 +48,7 @@ USAGE_SCHEMA = T.StructType([
     T.StructField("latency_p99_ms", T.DoubleType(), True),
     T.StructField("rows_per_second", T.DoubleType(), True),
     T.StructField("estimated_cost", T.DoubleType(), True),
+    T.StructField("execution", T.StringType(), False),
 ])
 
 
@@ -104,13 +106,14 @@ def _clear_uncommitted(spark: SparkSession, name: str) -> None:
         fs.delete(path, True)
 
 
-def rewrite_without_failures(spark: SparkSession, name: str, table_format: str) -> int:
-    """Drop the rows that failed, so that answering them again writes each key once. Returns how many."""
-    failed = spark.table(name).where("NOT ok").count()
-    if failed == 0:
-        return 0
+def rewrite_without(spark: SparkSession, name: str, table_format: str, drop_keys: DataFrame,
+                    keys: list[str], keep_keys: DataFrame | None = None) -> None:
+    """Drop the rows whose key is in ``drop_keys`` (they are about to be answered again, so each key is written
+    once) and, with ``keep_keys``, every row whose key is not there (``sync``: keys gone from the input)."""
+    kept = spark.table(name).join(drop_keys.select(*keys), keys, "left_anti")
+    if keep_keys is not None:
+        kept = kept.join(keep_keys.select(*keys), keys, "left_semi")
     side = _side(name)
-    spark.table(name).where("ok").write.mode("overwrite").format(table_format).saveAsTable(side)
+    kept.write.mode("overwrite").format(table_format).saveAsTable(side)
     spark.sql(f"DROP TABLE {name}")
     spark.sql(f"ALTER TABLE {side} RENAME TO {name}")
-    return failed

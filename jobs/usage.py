@@ -9,7 +9,7 @@ exact on one machine, on a cluster and through Spark Connect alike.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,20 +22,47 @@ from batch.errors import ConfigError
 from .spec import JobSpec
 from .tables import STATUS_FIELDS, TOKEN_FIELDS, USAGE_SCHEMA, status_column
 
-__all__ = ["Price", "chunk_totals", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
+__all__ = ["Price", "price_for", "chunk_totals", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
 
 DEFAULT_PRICES = Path("conf") / "prices.yaml"
 
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per million tokens."""
+    """US dollars per million tokens. Cached prompt tokens and reasoning tokens are parts of the prompt and
+    completion counts: they are priced at their own rate where one is given, else at the plain one, and
+    never counted twice. Batch-priced rows (``execution: batch``) use the batch rates, half the plain ones
+    unless given (OpenAI's Batch API is half price)."""
 
     input: float = 0.0
     output: float = 0.0
+    cached_input: float | None = None
+    reasoning: float | None = None
+    batch_input: float | None = None
+    batch_output: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0,
+             batch: bool = False) -> float:
+        plain_in = self.input if not batch else (self.batch_input if self.batch_input is not None
+                                                  else self.input * BATCH_DISCOUNT)
+        plain_out = self.output if not batch else (self.batch_output if self.batch_output is not None
+                                                    else self.output * BATCH_DISCOUNT)
+        scale_in, scale_out = plain_in / self.input if self.input else 1.0, plain_out / self.output if self.output else 1.0
+        cached_rate = plain_in if self.cached_input is None else self.cached_input * scale_in
+        reasoning_rate = plain_out if self.reasoning is None else self.reasoning * scale_out
+        cached = min(cached_tokens, prompt_tokens)
+        reasoning = min(reasoning_tokens, completion_tokens)
+        return ((prompt_tokens - cached) * plain_in + cached * cached_rate
+                + (completion_tokens - reasoning) * plain_out + reasoning * reasoning_rate) / 1e6
+
+
+BATCH_DISCOUNT = 0.5
+_PRICE_KEYS = {f.name for f in fields(Price)}
+
+
+def price_for(prices: Mapping[str, Price], config: Any) -> Price | None:
+    """An endpoint's price: by its entry name, else by its model name."""
+    return prices.get(config.name) or prices.get(config.model_name)
 
 
 def load_prices(path: str | Path | None = None) -> dict[str, Price]:
@@ -51,13 +78,15 @@ def load_prices(path: str | Path | None = None) -> dict[str, Price]:
         raise ConfigError("a price table is a mapping with a top-level 'prices:' key", source=str(path), line=1)
     prices = {}
     for name, entry in table.items():
-        if not isinstance(entry, Mapping) or set(entry) - {"input", "output"}:
-            raise ConfigError(f"price '{name}' needs input and/or output (USD per 1M tokens)", source=str(path),
-                              line=line_of(lines, "prices", str(name)))
+        if not isinstance(entry, Mapping) or not entry or set(entry) - _PRICE_KEYS:
+            unknown = sorted(set(entry) - _PRICE_KEYS) if isinstance(entry, Mapping) else []
+            raise ConfigError(f"price '{name}' needs input and/or output (USD per 1M tokens)"
+                              + (f"; unknown keys {unknown} (known: {', '.join(sorted(_PRICE_KEYS))})" if unknown
+                                 else ""), source=str(path), line=line_of(lines, "prices", str(name)))
         try:
-            prices[str(name)] = Price(float(entry.get("input", 0.0)), float(entry.get("output", 0.0)))
+            prices[str(name)] = Price(**{k: float(v) for k, v in entry.items()})
         except (TypeError, ValueError):
-            raise ConfigError(f"price '{name}': input and output must be numbers", source=str(path),
+            raise ConfigError(f"price '{name}': every rate must be a number", source=str(path),
                               line=line_of(lines, "prices", str(name))) from None
     return prices
 
@@ -82,6 +111,7 @@ class EndpointUsage:
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
     estimated_cost: float | None = None
+    execution: str = "sync"  # "batch": answered through the provider's Batch API, priced at its rates
 
 
 def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
@@ -90,6 +120,7 @@ def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
     for output in spec.outputs:
         s = F.col(status_column(output.name))
         parts.append(results.select(F.lit(output.query.endpoint.name).alias("endpoint"),
+                                    F.col(output.name).isNotNull().alias("has_value"),
                                     *[s[f].alias(f) for f in STATUS_FIELDS]))
     long = parts[0]
     for part in parts[1:]:
@@ -102,15 +133,22 @@ def chunk_totals(rows: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
     sums = [F.sum(F.when(~F.col("ok"), 1).otherwise(0))]
     for output in spec.outputs:
         s = F.col(status_column(output.name))
-        sums += [F.sum(s["prompt_tokens"]), F.sum(s["completion_tokens"]), F.sum(s["total_tokens"])]
+        sums += [F.sum(s[name]) for name in TOKEN_FIELDS]
     values = [v or 0 for v in rows.agg(*sums).first()]
     failed, tokens, spend = values[0], 0, 0.0
+    width = len(TOKEN_FIELDS)
     for i, output in enumerate(spec.outputs):
-        prompt, completion, total = values[1 + 3 * i: 4 + 3 * i]
-        tokens += total
-        price = prices.get(output.query.endpoint.name) or prices.get(output.query.endpoint.model_name)
-        spend += price.cost(prompt, completion) if price else 0.0
+        counts = dict(zip(TOKEN_FIELDS, values[1 + width * i: 1 + width * (i + 1)]))
+        tokens += counts["total_tokens"]
+        spend += _cost(price_for(prices, output.query.endpoint), counts, spec) or 0.0
     return failed, tokens, spend
+
+
+def _cost(price: Price | None, tokens: Mapping[str, int], spec: JobSpec) -> float | None:
+    if price is None:
+        return None
+    return price.cost(tokens["prompt_tokens"], tokens["completion_tokens"], tokens["cached_tokens"],
+                      tokens["reasoning_tokens"], batch=spec.execution.mode == "batch")
 
 
 def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) -> list[EndpointUsage]:
@@ -120,7 +158,8 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
     first = F.col("requests") > 0
     agg = long.groupBy("endpoint").agg(
         F.count(F.lit(1)).alias("rows_in"),
-        F.sum(F.when(~failed & (F.col("attempts") > 0), 1).otherwise(0)).alias("rows_answered"),
+        # asked, or answered from the host memo (no attempt of its own, but a value)
+        F.sum(F.when(~failed & ((F.col("attempts") > 0) | F.col("has_value")), 1).otherwise(0)).alias("rows_answered"),
         F.sum(F.when(failed, 1).otherwise(0)).alias("rows_failed"),
         F.collect_list(F.when(failed, F.col("error_kind"))).alias("kinds"),
         F.sum("requests").alias("requests"),
@@ -139,7 +178,6 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
             kinds[kind] = kinds.get(kind, 0) + 1
         endpoint = row["endpoint"]
         config = next(o.query.endpoint for o in spec.outputs if o.query.endpoint.name == endpoint)
-        price = prices.get(endpoint) or prices.get(config.model_name)
         latency = row["latency"] or [None, None, None]
         tokens = {name: row[name] or 0 for name in TOKEN_FIELDS}
         p50, p95, p99 = [None if v is None else float(v) for v in latency]
@@ -147,7 +185,7 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
             endpoint, outputs_by_endpoint[endpoint], row["rows_in"], row["rows_answered"], row["rows_failed"],
             kinds, row["requests"] or 0, (row["attempts"] or 0) - (row["requests"] or 0), row["rate_limited"] or 0,
             **tokens, latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
-            estimated_cost=price.cost(tokens["prompt_tokens"], tokens["completion_tokens"]) if price else None))
+            estimated_cost=_cost(price_for(prices, config), tokens, spec), execution=spec.execution.mode))
     return usages
 
 
@@ -163,7 +201,7 @@ def usage_rows(usages: list[EndpointUsage], *, run_id: str, job: str, started: d
             retries=u.retries, rate_limited=u.rate_limited, **{name: getattr(u, name) for name in TOKEN_FIELDS},
             latency_p50_ms=u.latency_p50_ms,
             latency_p95_ms=u.latency_p95_ms, latency_p99_ms=u.latency_p99_ms,
-            rows_per_second=u.rows_in / seconds, estimated_cost=u.estimated_cost)
+            rows_per_second=u.rows_in / seconds, estimated_cost=u.estimated_cost, execution=u.execution)
         rows.append(Row(**{f.name: values[f.name] for f in USAGE_SCHEMA.fields}))
     return rows
 

@@ -82,7 +82,7 @@ def test_results_and_usage_tables_match_the_server(spark, job_endpoints):
     assert sum(u["prompt_tokens"] for u in usage.values()) == stats["prompt_tokens"]
     assert sum(u["requests"] for u in usage.values()) == stats["answered"]
     chat = usage["job-chat"]
-    assert chat["rows_in"] == 102 and chat["rows_answered"] == 101 and chat["rows_failed"] == 0
+    assert (chat["rows_in"], chat["rows_answered"], chat["rows_failed"]) == (102, 101, 0)
     assert chat["requests"] == stats["by_task"]["chat"] <= 101  # a duplicate in the same task is asked once
     assert chat["latency_p50_ms"] is not None and chat["status"] == "succeeded"
 
@@ -320,7 +320,7 @@ def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
     assert answers.schema["vec"].dataType.simpleString() == "array<float>"
     assert answers.schema["answer__status"].dataType.names == [
         "error", "error_kind", "attempts", "latency_ms", "started_at", "prompt_tokens", "completion_tokens",
-        "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited"]
+        "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited", "fingerprint"]
     from jobs.tables import USAGE_SCHEMA
     assert [(f.name, f.dataType) for f in usage.schema] == [(f.name, f.dataType) for f in USAGE_SCHEMA]
     _tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables
