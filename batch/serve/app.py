@@ -805,6 +805,8 @@ def build_app(options: dict[str, Any]) -> web.Application:
     app.router.add_get("/_admin/bodies", admin_bodies)
     app.router.add_route("*", "/_admin/config", admin_config)
     post("/_admin/reset", admin_reset)
+    from .batches import add_routes as add_batch_routes  # Files and Batches (OpenAI Batch API)
+    add_batch_routes(app)
     return app
 
 
