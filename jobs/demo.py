@@ -49,9 +49,11 @@ def _real_model() -> Iterator[Callable[[], str]]:
     from . import llama
 
     llama.build()
-    with llama.LlamaServer(embeddings=True) as server:
-        print(f"real model: llama-server with SmolLM2-135M-Instruct at {server.url}/v1 (chat and embeddings)")
-        for name in ("demo-chat", "demo-embed"):
+    # one server per kind of task: see tests/test_llama_server.py for why embeddings get their own
+    with llama.LlamaServer() as chat, llama.LlamaServer(embeddings=True, parallel=2) as embed:
+        print(f"real model: llama-server with SmolLM2-135M-Instruct at {chat.url}/v1 (chat) and {embed.url}/v1 "
+              "(embeddings)")
+        for name, server in (("demo-chat", chat), ("demo-embed", embed)):
             config = registry.get(name).with_overrides(api="openai", base_url=server.url + "/v1",
                                                        model=llama.MODEL_NAME)
             registry.add(name, config)
