@@ -59,7 +59,8 @@ def real(spark):
     reason = _unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with llama.LlamaServer(metrics=True, max_tokens=64) as chat, llama.LlamaServer(embeddings=True, parallel=2) as embed:
+    with llama.LlamaServer(metrics=True, max_tokens=64) as chat, \
+            llama.LlamaServer(embeddings=True, parallel=2) as embed:
         base = dict(api="openai", model=llama.MODEL_NAME, **PATIENT)
         registry.add("real-chat", task="chat", base_url=chat.url + "/v1", **base)
         registry.add("real-completions", task="completions", base_url=chat.url + "/v1", **base)

@@ -114,7 +114,8 @@ def test_ai_query_through_spark(spark, responses_endpoint):
                  returnType="STRUCT<label: STRING>").alias("typed"),
     ).collect()
     by_prompt = {r["prompt"]: r for r in rows}
-    assert by_prompt[None]["plain"] is None and by_prompt[None]["typed"].asDict() == {"result": None, "errorMessage": None}
+    assert by_prompt[None]["plain"] is None
+    assert by_prompt[None]["typed"].asDict() == {"result": None, "errorMessage": None}
     for prompt in prompts[:2]:
         assert by_prompt[prompt]["plain"] == simulated_answer(prompt, 40)[0]
         expected = json.loads(simulated_json(prompt, TRIAGE))
