@@ -259,5 +259,7 @@ def test_speculation_writes_each_key_once(spark, srv, tmp_path):
     assert all(r.ok and r.answer == answer(bodies[r.id]) for r in final)
     starts = [e for e in events(event_dir, "SparkListenerTaskStart") if e["Task Info"]["Speculative"]]
     assert starts, "no speculative attempt started: the test proved nothing"
-    # A copy of a chunk's task asks its rows again (speculation pays twice for them), and still writes once.
-    assert any(n > 1 for p, n in srv.prompts()["calls"].items() if "[[" not in p), log.read_text()[-2000:]
+    # A copy of a chunk's task finds what the original already paid for in the host answer memo: only rows
+    # still in flight when the copy reached them (at most max_concurrency per copy) can be asked twice.
+    again = sum(n - 1 for p, n in srv.prompts()["calls"].items() if "[[" not in p)
+    assert again <= 4 * len(starts), log.read_text()[-2000:]
