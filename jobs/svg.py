@@ -143,7 +143,7 @@ class _Frame:
 def _empty(title: str, width: int, height: int, message: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" font-family="{escape(FONT)}" font-size="12" role="img">'
-            f'<rect width="{width}" height="{height}" fill="#fff"/>'
+            f'<title>{escape(title)}</title><rect width="{width}" height="{height}" fill="#fff"/>'
             f'<text x="58" y="18" font-size="13" font-weight="600" fill="{INK}">{escape(title)}</text>'
             f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" fill="{MUTED}">{escape(message)}</text>'
             "</svg>")
