@@ -26,7 +26,7 @@ from batch.functions import query_column, task_slots
 from . import page, svg
 from .runner import _check_input, read_input, request_column
 from .spec import _OUTPUT, JobSpec, OutputSpec, _Checker, parse_spec
-from .usage import Price, load_prices
+from .usage import Price, load_prices, price_for
 
 __all__ = ["Variant", "Preview", "load_variants", "run_preview", "render_html", "render_text", "DEFAULT_ROWS"]
 
@@ -270,7 +270,7 @@ def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Answer]], 
         timed = [a.latency_ms for a in mine if a.requests and a.latency_ms is not None]
         latency = sum(timed) / len(timed) / 1000.0 if timed else 0.0
         in_flight = slots * max(1, min(config.max_concurrency, per_task))
-        price = prices.get(config.name) or prices.get(config.model_name)
+        price = price_for(prices, config)
         if price is None:
             unpriced.append(config.name)
         elif cost is not None:
