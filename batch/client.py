@@ -21,7 +21,8 @@ from .auth import credentials_for
 from .config import EndpointConfig
 from .errors import (EndpointError, InvalidResponseError, NoAnswerError, RateLimitError, TransportError,
                      status_error)
-from .ratelimit import FlowControl
+from .flow.control import FlowControl
+from .flow.headers import budget_from
 from .retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
 from .transport import make_transport, poster
 from .wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text, parse_answer,
@@ -92,6 +93,7 @@ class EndpointClient:
         self._headers.update(dict(config.headers))  # the entry's own headers replace ours, whatever their case
         self._auth: Mapping[str, str] | None = None
         self._request_headers: Any = None  # in the poster's form, made on the first attempt
+        self._stated: str | None = None  # the last x-ratelimit-limit-requests seen, so it is read once
 
     async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
                    response_format: Mapping[str, Any] | None = None) -> CallResult:
@@ -127,8 +129,9 @@ class EndpointClient:
                 return result
             delay = retry_delay(attempts - 1, self.policy, error.retry_after, self._rand())
             log.debug("retrying %s in %.3fs after attempt %d: %s", self.config.name, delay, attempts, error)
-            if not (limited and self.flow.pause(delay)):
-                await self._sleep(delay)
+            if limited:  # this request waits what the server asked; the pool waits too only in a storm
+                self.flow.refused_for(delay)
+            await self._sleep(delay)
 
     async def _attempt(self, body: bytes, expect: "_Expect") -> tuple[list[Any] | None, Usage, EndpointError | None]:
         try:
@@ -146,6 +149,12 @@ class EndpointClient:
                                                  f"no answer within {self.config.timeout:g}s (timeout)")
         except httpx.HTTPError as exc:
             return None, Usage(), TransportError(self.config.name, f"connection failed: {exc}")
+        stated = reply_headers.get("x-ratelimit-limit-requests")
+        if stated is not None and stated != self._stated:  # the endpoint states its limit: read it when it changes
+            self._stated = stated
+            budget = budget_from(reply_headers)
+            if budget is not None:
+                self.flow.stated(budget)
         return _read_reply(self.config, status, reply_headers, content, expect)
 
     async def aclose(self) -> None:

@@ -34,8 +34,10 @@ class EndpointConfig:
     """One model serving endpoint. A two-line entry (api + base_url or host) works; the rest has defaults.
 
     ``return_type`` is a custom model's known output type (DDL), so calls need not repeat it.
-    ``max_concurrency`` bounds requests in flight per Python worker process; the adaptive
-    limiter works below it. ``requests_per_minute`` / ``tokens_per_minute`` are the endpoint's
+    ``max_concurrency`` bounds requests in flight per Python worker process; the in-flight limit
+    grows to it (slow start, Little's law) while the learned rate decides how fast requests go
+    (``batch.flow``, ``docs/flow-control.md``). 1,024 lets one worker keep 1,000 requests a second
+    going at 1 s latency, and a 10 s reasoning model 100 a second. ``requests_per_minute`` / ``tokens_per_minute`` are the endpoint's
     whole budget: the UDF layer splits it between concurrently running tasks.
     """
 
@@ -49,7 +51,7 @@ class EndpointConfig:
     token_env: str | None = None
     client_id_env: str | None = None
     client_secret_env: str | None = None
-    max_concurrency: int = 256
+    max_concurrency: int = 1024
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     timeout: float = 120.0

@@ -1,22 +1,19 @@
 """Pure retry decisions: which failures to try again and how long to wait.
 
 No I/O and no clock of their own, so they are tested as tables. The one retry loop
-that uses them lives in ``batch.client``; nothing under it retries on its own.
+that uses them lives in ``batch.client``; nothing under it retries on its own. Reading
+``Retry-After`` lives with the other limit headers in ``batch.flow.headers``.
 """
 
 from __future__ import annotations
 
-import email.utils
 import random
-import time
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import EndpointError
+from .flow.headers import MAX_RETRY_AFTER, parse_retry_after
 
-__all__ = ["RetryPolicy", "parse_retry_after", "retry_delay", "should_retry"]
-
-MAX_RETRY_AFTER = 300.0
+__all__ = ["RetryPolicy", "MAX_RETRY_AFTER", "parse_retry_after", "retry_delay", "should_retry"]
 
 
 @dataclass(frozen=True)
@@ -29,47 +26,6 @@ class RetryPolicy:
 def should_retry(error: EndpointError, attempt: int, policy: RetryPolicy) -> bool:
     """``attempt`` counts from 0 for the first try."""
     return error.retryable and attempt < policy.max_retries
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait as the server asked: ``retry-after-ms``, then ``Retry-After`` in seconds or as an HTTP date.
-
-    ``now`` is the wall clock (``time.time()``) used for HTTP dates. Absurd or unparseable values give None,
-    so the caller falls back to its own backoff.
-    """
-    ms = _header(headers, "retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000.0
-        except ValueError:
-            value = None
-        if value is not None and 0 <= value <= MAX_RETRY_AFTER:
-            return value
-    raw = _header(headers, "retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(raw)
-        if parsed is None:
-            return None
-        # a date already past means "now"; a negative number of seconds is no delay at all
-        value = max(0.0, email.utils.mktime_tz(parsed) - (time.time() if now is None else now))
-    if not 0.0 <= value <= MAX_RETRY_AFTER:  # negative, NaN, or longer than any batch job should sit idle
-        return None
-    return value
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Header names are case-insensitive; a plain dict from a caller may not know that."""
-    value = headers.get(name)
-    if value is None:
-        for key, candidate in headers.items():
-            if key.lower() == name:
-                return candidate
-    return value
 
 
 def retry_delay(attempt: int, policy: RetryPolicy, retry_after: float | None = None,

@@ -22,6 +22,22 @@ __all__ = ["WorkerRuntime", "worker_runtime"]
 
 R = TypeVar("R")
 
+#: Sockets a worker may want open: one per request in flight (``max_concurrency`` defaults to 1,024)
+#: plus room for the rest. Many systems start processes with a soft limit of 1,024 files.
+OPEN_FILES = 8192
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Raise this process's soft limit on open files towards ``wanted`` (never above the hard limit)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: the limit stays as it was
+        pass
+
 
 class WorkerRuntime:
     def __init__(self) -> None:
@@ -29,6 +45,7 @@ class WorkerRuntime:
         # constantly; a higher first threshold cuts the client's CPU per request by about a third
         # (benchmarks/client_transport.py --gc-threshold). This process is a Spark worker of ours.
         gc.set_threshold(20000, 10, 10)
+        _raise_open_files(OPEN_FILES)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="batch-io", daemon=True)
         self._thread.start()

@@ -1,24 +1,30 @@
-"""Throughput of ``ai_query`` through Spark against a local endpoint, as ratios measured in one run.
+"""Throughput of ``ai_query`` through Spark against a local endpoint, as a user gets it: every endpoint key at
+its default, the first run cold (a new Spark application, so new Python workers, and an endpoint
+nothing was learned about) and a second run warm (same application, new rows).
 
-Each scenario starts ``batch.serve`` with a latency model and (maybe) a rate cap, runs an
-``ai_query`` job in ``local[2]``, and prints what it measured next to its target:
-
-  saturation   20,000 chat rows, cap R=1,000 req/s, 100 ms latency: rows/s / R, share of 429s, failed rows
-  latency      10,000 rows, no cap, 1 s latency: wall time and peak in-flight requests at the server
-  cpu          client CPU per request in the Python workers (process CPU time over the run)
+  saturation   for every 429 style (``batch.serve --limit-profile``): 20,000 chat rows against a cap of
+               R=1,000 requests/s (or its token / window / concurrency equivalent) at 100 ms latency:
+               rows/s over the cap cold and warm, share of 429s, failed rows, and a pandas UDF with 32
+               threads that sleeps Retry-After in the thread that got the 429, same server, same run
+  latency      10,000 rows, no cap, 1 s latency, cold: wall time and peak in-flight requests at the server
+  cpu          client CPU per request in the Python workers (process CPU time over the run), cold and warm
   scale        10k vs 100k rows: time ratio, peak worker memory
   overhead     the same requests through the UDF layer vs the toolkit's client alone, outside Spark
-  baselines    row-at-a-time UDF and pandas UDF + thread pool (hand-rolled), same server: rows/s and our ratio
+  baselines    row-at-a-time UDF and pandas UDF + thread pool (hand-rolled), uncapped server: rows/s and our ratio
   embeddings   100,000 short texts packed per request: rows/s
-  faults       5,000 rows with 20% of requests answered 429 at random, whatever the pace: rate vs a clean run
+  faults       5,000 rows with 20% of requests answered 429 at random, whatever the rate: rate vs a clean run
 
-Usage: python benchmarks/throughput.py [scenario ...] [--quick]
+Only what the endpoint imposes is set (its cap, latency, 429 style, window length). Figures on a
+shared machine are noisy: compare rows of one run, and repeat (``--repeat``) for medians.
+
+Usage: python benchmarks/throughput.py [scenario ...] [--quick] [--profiles a,b] [--repeat N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -80,17 +86,46 @@ def peak_rss_mb(pids: list[int]) -> float:
     return peak
 
 
-class Bench:
-    def __init__(self, quick: bool) -> None:
-        self.quick = quick
-        self.warehouse = tempfile.mkdtemp(prefix="bench-wh-")
-        self.spark = local_session("local[2]", self.warehouse, app_name="bench", hive=False,
-                                   extra={"spark.sql.execution.arrow.maxRecordsPerBatch": "5000"})
-        self.figures: list[tuple[str, str, str]] = []
+RATE = 1000          # the cap: requests per second (or what the profile's own unit allows at that rate)
+LATENCY_MS = 100
+WINDOW_S = 5.0       # the window profile's window, shorter than a minute so a run spans several
+CONCURRENT = 100     # the concurrency profile's cap: 100 in flight at 100 ms is 1,000 requests/s
+WORDS = 20           # prompts of 2..21 words, so requests cost different numbers of tokens
+MEAN_COST = 2 * (2 + (WORDS - 1) / 2) + 1  # prompt tokens + the echoed answer (batch.serve.limits.request_cost)
+PROFILES = {  # name: (server options, how the cap is counted)
+    "retry-after": (dict(limit_profile="retry-after", rate_limit=RATE), "requests"),
+    "bare": (dict(limit_profile="bare", rate_limit=RATE), "requests"),
+    "retry-after-ms": (dict(limit_profile="token-bucket", rate_limit=RATE), "requests"),
+    "openai": (dict(limit_profile="openai", rate_limit=RATE), "requests"),
+    "openai-retry": (dict(limit_profile="openai-retry", rate_limit=RATE), "requests"),
+    "azure": (dict(limit_profile="azure", rate_limit=RATE), "requests"),
+    "window": (dict(limit_profile="window", rate_limit=RATE, window_s=WINDOW_S), "window"),
+    "tpm": (dict(limit_profile="tpm", tokens_per_minute=RATE * MEAN_COST * 60), "tokens"),
+    "concurrency": (dict(limit_profile="concurrency", max_concurrent=CONCURRENT), "requests"),
+}
 
-    def rows(self, n: int, prefix: str = "prompt"):
-        return (self.spark.range(n, numPartitions=2)
-                .select(F.concat(F.lit(f"{prefix} "), F.col("id").cast("string")).alias("prompt")))
+
+class Bench:
+    def __init__(self, quick: bool, profiles: list[str]) -> None:
+        self.quick = quick
+        self.profiles = profiles
+        self.warehouse = tempfile.mkdtemp(prefix="bench-wh-")
+        self.spark = None
+        self.figures: list[tuple[str, str, str]] = []
+        self.table: list[tuple[str, ...]] = []
+        self.fresh()
+
+    def fresh(self) -> None:
+        """A new Spark application: new Python workers, nothing learned in this process."""
+        if self.spark is not None:
+            self.spark.stop()
+        self.spark = local_session("local[2]", self.warehouse, app_name="bench", hive=False)
+
+    def rows(self, n: int, prefix: str = "prompt", varied: bool = False):
+        text = F.concat(F.lit(f"{prefix} "), F.col("id").cast("string"))
+        if varied:
+            text = F.concat(text, F.expr(f"repeat(' w', CAST(id % {WORDS} AS INT))"))
+        return self.spark.range(n, numPartitions=2).select(text.alias("prompt"))
 
     def run(self, df) -> tuple[float, int]:
         """Wall seconds of one Spark job over the column, and how many rows failed."""
@@ -105,59 +140,123 @@ class Bench:
         self.figures.append((name, measured, target))
         print(f"  {name:<44} {measured:<28} target: {target}", flush=True)
 
-    def endpoint(self, name: str, server: ServerProcess, **keys) -> None:
-        batch.add_endpoint(name, api="openai", base_url=server.url + "/v1", **keys)
-
-    def warm_up(self, endpoint: str) -> None:
-        self.run(self.query(endpoint, self.rows(200, "warm")))
+    def endpoint(self, name: str, server: ServerProcess) -> str:
+        """An endpoint entry with every key at its default; a new name each time, so nothing learned applies."""
+        name = f"{name}-{server.port}"
+        batch.add_endpoint(name, api="openai", base_url=server.url + "/v1")
+        return name
 
     # ------------------------------------------------------------ scenarios
 
     def saturation(self) -> None:
-        rate, rows = 1000, (6000 if self.quick else 20000)
-        with ServerProcess(latency_ms=100, rate_limit=rate) as server:
-            self.endpoint("sat", server, max_concurrency=512)
-            self.warm_up("sat")
-            server.reset()
-            seconds, failed = self.run(self.query("sat", self.rows(rows)))
-            stats = server.stats()
-        share_429 = stats["rate_limited"] / max(1, stats["requests"])
-        self.report("saturation: rows/s / R", f"{rows / seconds / rate:.3f} ({rows / seconds:,.0f} rows/s)",
-                    ">= 0.95")
-        self.report("saturation: share of requests answered 429", f"{share_429:.2%}", "< 2%")
-        self.report("saturation: failed rows", str(failed), "0")
+        rows = 6000 if self.quick else 20000
+        pool_rows = 2000 if self.quick else 5000
+        for profile in self.profiles:
+            options, unit = PROFILES[profile]
+            self.fresh()
+            with ServerProcess(latency_ms=LATENCY_MS, **options) as server:
+                name = self.endpoint("sat-" + profile, server)
+                cold = self.measured(server, name, rows, "cold", unit)
+                warm = self.measured(server, name, rows, "warm", unit)
+                pool = self.thread_pool(server, pool_rows, unit)
+            for run, (ratio, share, failed, per_s) in (("cold", cold), ("warm", warm)):
+                self.table.append((profile, run, f"{ratio:.3f}", f"{share:.2%}", str(failed), f"{per_s:,.0f}",
+                                   f"{pool[3]:,.0f}", f"{per_s / pool[3]:.2f}x"))
+            print(f"  {profile:<15} cold {cold[0]:.3f} ({cold[1]:.2%} 429s, {cold[2]} failed)  "
+                  f"warm {warm[0]:.3f} ({warm[1]:.2%}, {warm[2]} failed)  thread pool {pool[0]:.3f} "
+                  f"({pool[3]:,.0f} rows/s)", flush=True)
+
+    def measured(self, server: ServerProcess, name: str, rows: int, prefix: str, unit: str):
+        """One run: (share of the cap reached, share of requests answered 429, failed rows, rows/s)."""
+        server.reset()
+        spent = (server.stats()["limit"] or {}).get("tokens_admitted", 0.0)
+        began = time.monotonic()
+        seconds, failed = self.run(self.query(name, self.rows(rows, prefix, varied=unit == "tokens")))
+        ended = time.monotonic()
+        stats = server.stats()
+        if unit == "tokens":
+            stats["limit"]["tokens_admitted"] -= spent
+        share = stats["rate_limited"] / max(1, stats["requests"])
+        return self.ratio(stats, unit, rows, seconds, began, ended), share, failed, rows / seconds
+
+    @staticmethod
+    def ratio(stats: dict, unit: str, rows: int, seconds: float, began: float, ended: float) -> float:
+        limit = stats["limit"]
+        if unit == "tokens":
+            return limit["tokens_admitted"] / seconds / limit["tokens_per_second"]
+        if unit == "window":  # admitted over the whole windows inside the run, against their budget
+            origin, length = limit["origin"], limit["window_s"]
+            first, last = math.ceil((began - origin) / length), math.floor((ended - origin) / length)
+            whole = [limit["per_window"][k] for k in range(first, last) if k < len(limit["per_window"])]
+            return sum(whole) / (len(whole) * limit["budget"]) if whole else float("nan")
+        return rows / seconds / RATE
+
+    def thread_pool(self, server: ServerProcess, rows: int, unit: str):
+        """The hand-rolled baseline: a pandas UDF, 32 threads, each sleeping Retry-After when its request got a 429."""
+        import httpx
+        from concurrent.futures import ThreadPoolExecutor
+        from pyspark.sql.functions import pandas_udf
+
+        url = server.url + "/v1/chat/completions"
+
+        def ask(client, prompt):
+            while True:
+                r = client.post(url, json={"model": "m", "messages": [{"role": "user", "content": prompt}]})
+                if r.status_code != 429:
+                    return r.json()["choices"][0]["message"]["content"]
+                wait = r.headers.get("retry-after-ms")
+                time.sleep(float(wait) / 1000 if wait else float(r.headers.get("retry-after", 1)))
+
+        @pandas_udf("string")
+        def thread_pool(prompts: pd.Series) -> pd.Series:
+            with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=32)) as client, \
+                    ThreadPoolExecutor(32) as pool:
+                return pd.Series(list(pool.map(lambda p: ask(client, p), prompts)))
+
+        server.reset()
+        spent = (server.stats()["limit"] or {}).get("tokens_admitted", 0.0)
+        df = self.rows(rows, "pool", varied=unit == "tokens").select(thread_pool("prompt").alias("a"))
+        began = time.monotonic()
+        started = time.perf_counter()
+        df.agg(F.count("a")).first()
+        seconds = time.perf_counter() - started
+        stats = server.stats()
+        if unit == "tokens":
+            stats["limit"]["tokens_admitted"] -= spent
+        ratio = self.ratio(stats, unit, rows, seconds, began, time.monotonic())
+        return ratio, stats["rate_limited"] / max(1, stats["requests"]), 0, rows / seconds
 
     def latency(self) -> None:
         rows = 4000 if self.quick else 10000
+        self.fresh()
         with ServerProcess(latency_ms=1000) as server:
-            self.endpoint("slow", server, max_concurrency=1024)
-            self.warm_up("slow")
-            server.reset()
-            seconds, failed = self.run(self.query("slow", self.rows(rows)))
+            name = self.endpoint("slow", server)
+            seconds, failed = self.run(self.query(name, self.rows(rows)))
             stats = server.stats()
-        self.report(f"latency-bound: {rows:,} rows at 1 s latency", f"{seconds:.1f} s, {failed} failed", "< 20 s")
-        self.report("latency-bound: peak in-flight at the server", str(stats["max_in_flight"]), "about 500+")
+        self.report(f"latency-bound: {rows:,} rows at 1 s latency, cold", f"{seconds:.1f} s, {failed} failed",
+                    "< 15 s")
+        self.report("latency-bound: peak in-flight at the server", str(stats["max_in_flight"]), "(reference)")
 
     def cpu(self) -> None:
         rows = 8000 if self.quick else 20000
+        self.fresh()
         with ServerProcess(latency_ms=20) as server:
-            self.endpoint("cpu", server, max_concurrency=256)
-            self.warm_up("cpu")
-            pids = python_workers()
-            before = cpu_seconds(pids)
-            server.reset()
-            self.run(self.query("cpu", self.rows(rows)))
-            requests = server.stats()["requests"]
-            used = cpu_seconds(python_workers()) - before
-        self.report("client CPU per request (Python workers)", f"{used / requests * 1e6:,.0f} us", "<= 150 us")
+            name = self.endpoint("cpu", server)
+            for run in ("cold", "warm"):
+                before = cpu_seconds(python_workers())
+                server.reset()
+                self.run(self.query(name, self.rows(rows, run)))
+                requests = server.stats()["requests"]
+                used = cpu_seconds(python_workers()) - before
+                self.report(f"client CPU per request (Python workers), {run}", f"{used / requests * 1e6:,.0f} us",
+                            "<= 150 us")
 
     def scale(self) -> None:
         small, large = (5000, 50000) if self.quick else (10000, 100000)
         with ServerProcess(latency_ms=5) as server:
-            self.endpoint("scale", server, max_concurrency=256)
-            self.warm_up("scale")
-            t_small, _ = self.run(self.query("scale", self.rows(small)))
-            t_large, failed = self.run(self.query("scale", self.rows(large)))
+            name = self.endpoint("scale", server)
+            t_small, _ = self.run(self.query(name, self.rows(small)))
+            t_large, failed = self.run(self.query(name, self.rows(large, "large")))
             rss = peak_rss_mb(python_workers())
         self.report(f"scale: time({large:,}) / time({small:,})", f"{t_large / t_small:.2f}x", "<= 10.5x")
         self.report("scale: peak Python worker memory", f"{rss:.0f} MB", "flat in rows")
@@ -165,10 +264,9 @@ class Bench:
     def overhead(self) -> None:
         rows = 6000 if self.quick else 20000
         with ServerProcess(latency_ms=50) as server:
-            self.endpoint("over", server, max_concurrency=256)
-            self.warm_up("over")
-            spark_seconds, _ = self.run(self.query("over", self.rows(rows, "same")))
-            config = EndpointConfig(name="over-alone", base_url=server.url + "/v1", max_concurrency=512)
+            name = self.endpoint("over", server)
+            spark_seconds, _ = self.run(self.query(name, self.rows(rows, "same")))
+            config = EndpointConfig(name="over-alone", base_url=server.url + "/v1")
 
             async def alone() -> float:
                 client = EndpointClient(config)
@@ -213,10 +311,9 @@ class Bench:
 
             row_rate = timed(row_at_a_time, 100 if self.quick else 300)
             pool_rate = timed(thread_pool, 2000 if self.quick else 5000)
-            self.endpoint("ours", server, max_concurrency=512)
-            self.warm_up("ours")
+            name = self.endpoint("ours", server)
             n = 5000 if self.quick else 20000
-            seconds, _ = self.run(self.query("ours", self.rows(n)))
+            seconds, _ = self.run(self.query(name, self.rows(n)))
             ours = n / seconds
         self.report("baseline: row-at-a-time @udf", f"{row_rate:,.0f} rows/s", "(reference)")
         self.report("baseline: pandas UDF + 32 threads", f"{pool_rate:,.0f} rows/s", "(reference)")
@@ -227,21 +324,17 @@ class Bench:
     def faults(self) -> None:
         rows = 2000 if self.quick else 5000
         with ServerProcess(latency_ms=20) as server:
-            self.endpoint("faulty", server, max_concurrency=256, max_retries=20, initial_backoff=0.01,
-                          max_backoff=0.05)
-            self.warm_up("faulty")
-            clean, _ = self.run(self.query("faulty", self.rows(rows, "clean")))
+            name = self.endpoint("faulty", server)
+            clean, _ = self.run(self.query(name, self.rows(rows, "clean")))
             server.configure(fault_rate=0.2, faults="429,429-bare,dbx-limit", seed=5)
-            faulty, failed = self.run(self.query("faulty", self.rows(rows, "faulty")))
+            faulty, failed = self.run(self.query(name, self.rows(rows, "faulty")))
         self.report(f"20% of requests 429 at random, {rows:,} rows",
                     f"{rows / faulty:,.0f} rows/s vs {rows / clean:,.0f} clean, {failed} failed", "(reference)")
 
     def embeddings(self) -> None:
         rows = 30000 if self.quick else 100000
         with ServerProcess(latency_ms=20) as server:
-            batch.add_endpoint("emb", api="databricks", host=server.url, task="embeddings", batch_size=128,
-                               max_concurrency=64)
-            self.warm_up("emb")
+            batch.add_endpoint("emb", api="databricks", host=server.url, task="embeddings")
             server.reset()
             seconds, failed = self.run(self.query("emb", self.rows(rows, "short text")))
             requests = server.stats()["requests"]
@@ -256,15 +349,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="fewer rows, for a fast look")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help="429 styles for saturation")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-    bench = Bench(args.quick)
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2]")
+    profiles = [p for p in args.profiles.split(",") if p]
+    if unknown or set(profiles) - set(PROFILES):
+        parser.error(f"choose scenarios from {', '.join(SCENARIOS)} and profiles from {', '.join(PROFILES)}")
+    bench = Bench(args.quick, profiles)
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2], load {os.getloadavg()[0]:.1f}")
     for name in args.scenarios or SCENARIOS:
         print(f"{name}:", flush=True)
         getattr(bench, name)()
+    if bench.table:
+        print("\n| 429 style | run | of the cap | 429s | failed | rows/s | thread pool rows/s | ours / pool |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in bench.table:
+            print("| " + " | ".join(row) + " |")
+    if bench.figures:
+        print("\n| scenario | measured | target |\n| --- | --- | --- |")
+        for name, measured, target in bench.figures:
+            print(f"| {name} | {measured} | {target} |")
     bench.spark.stop()
 
 

@@ -1,8 +1,9 @@
-"""AdaptiveRate on a fake clock: the pace it learns from 429s, and how it probes for spare capacity."""
+"""The learned rate on a fake clock: what it learns from 429s and how it probes for spare capacity."""
 
 import pytest
 
-from batch.adaptive import AdaptiveRate
+from batch.flow import law
+from batch.flow.pace import LearnedRate as AdaptiveRate
 
 
 class Clock:
@@ -42,15 +43,15 @@ def test_unpaced_until_the_first_429():
 
 def test_first_429_paces_just_below_what_was_delivered():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, decrease=0.95)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 400, 1.0)
     rate.rate_limited()
-    assert rate.rate == pytest.approx(400 * 0.95, rel=0.02)
+    assert rate.rate == pytest.approx(400 * law.CUT, rel=0.02)
 
 
 def test_a_burst_of_429s_is_one_cut():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
     first = rate.rate
@@ -65,7 +66,7 @@ def test_a_burst_of_429s_is_one_cut():
 
 def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, probe=0.01, interval=0.1, decrease=0.9)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
     deliver(rate, clock, 10, 1.0)  # the first cap is a guess made while ramping up; a second one settles it
@@ -75,7 +76,7 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     before = rate.rate
     rate.rate_limited()
     assert rate.cuts == 2 and rate.ceiling == pytest.approx(100, rel=0.05)
-    assert before > rate.ceiling * 1.1 and rate.rate == pytest.approx(0.9 * rate.ceiling, rel=0.01)
+    assert before > rate.ceiling * 1.1 and rate.rate == pytest.approx(law.CUT * rate.ceiling, rel=0.01)
     seen = keep_up(rate, clock, 2.0, least=100)
     below = [r for r in seen if r < rate.ceiling]
     above = [r for r in seen if r >= rate.ceiling]
@@ -86,7 +87,7 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
 
 def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 50, 1.0)
     rate.rate_limited()
     first = rate.rate
@@ -96,7 +97,7 @@ def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
 
 def test_a_pace_the_pool_does_not_use_is_not_raised():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, decrease=0.9)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
     paced = rate.rate
@@ -128,7 +129,7 @@ def test_no_pace_from_a_429_before_anything_was_delivered():
 
 def test_pacing_spreads_requests_at_the_learned_rate():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, decrease=1.0)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 50, 1.0)
     rate.rate_limited()
     waits = [rate.reserve() for _ in range(100)]
@@ -139,13 +140,13 @@ def test_pacing_spreads_requests_at_the_learned_rate():
 
 def test_never_below_the_floor():
     clock = Clock()
-    rate = AdaptiveRate(clock=clock, floor=2.0)
+    rate = AdaptiveRate(clock=clock)
     deliver(rate, clock, 100, 1.0)
     rate.rate_limited()
     for _ in range(100):
         clock.now += 1.0
         rate.rate_limited()
-    assert rate.rate == 2.0
+    assert rate.rate == law.FLOOR
 
 
 def test_429s_that_come_whatever_the_pace_keep_half_the_best_rate():
@@ -165,3 +166,27 @@ def test_429s_that_come_whatever_the_pace_keep_half_the_best_rate():
             rate.success()
         lowest = min(lowest, rate.rate or lowest)
     assert rate.cuts >= 10 and lowest >= 0.5 * 800 * 0.5 ** (10 / 30)  # half of 800 delivered, fading
+
+
+def test_the_endpoints_stated_limit_sets_the_rate_and_bounds_the_probe():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    rate.stated(60000)  # x-ratelimit-limit-requests: 60,000 a minute
+    assert rate.rate == 1000.0 and rate.stated_rate == 1000.0 and rate.ceiling == 1000.0
+    assert max(keep_up(rate, clock, 2.0)) == 1000.0  # used to the full, and never probed above
+
+
+def test_a_second_job_starts_from_a_recent_rate_and_forgets_an_old_one():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    deliver(rate, clock, 100, 1.0)
+    rate.rate_limited()
+    learned = rate.rate
+    clock.now += 30.0
+    assert rate.restart() is False and rate.rate == learned  # 30 s later: kept, to be searched again
+    clock.now += 200.0
+    assert rate.restart() is True and rate.rate is None      # minutes later: learned afresh
+    rate.stated(6000)
+    deliver(rate, clock, 10, 0.5)
+    clock.now += 300.0
+    assert rate.restart() is False and rate.rate == 100.0    # a stated limit is kept longer

@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-import batch.shared
-from batch.adaptive import AdaptiveRate
-from batch.shared import Slab, path_for
+import batch.flow.shared
+from batch.flow.pace import LearnedRate as AdaptiveRate
+from batch.flow.shared import Slab, path_for
 
 
 class Clock:
@@ -54,7 +54,7 @@ def test_a_file_of_another_layout_is_laid_out_afresh(key):
 def test_no_writable_directory_means_a_private_pace(key, tmp_path, monkeypatch):
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    monkeypatch.setattr(batch.shared, "shared_dir", lambda: blocked / "sub")
+    monkeypatch.setattr(batch.flow.shared, "shared_dir", lambda: blocked / "sub")
     slab = Slab(4, key)
     assert not slab.shared
     slab.values[1] = 3.0  # still usable
@@ -90,10 +90,12 @@ def test_a_worker_that_stays_busy_keeps_the_pace_when_another_starts_afresh(key)
     deliver([a], clock, 200, 1.0)
     a.rate_limited()
     learned = a.rate
-    assert not b.forget(idle=2.0)  # a is still sending: nothing to forget
+    assert not b.restart()  # a is still sending: nothing to forget
     assert b.rate == learned
     clock.now += 3.0
-    assert b.forget(idle=2.0) and a.rate is None  # the whole host was quiet: start afresh
+    assert not b.restart() and a.rate == learned  # a second job right after the first starts from its rate
+    clock.now += 60.0
+    assert b.restart() and a.rate is None  # the whole host was quiet for a minute: start afresh
 
 
 def _learn_in_child(key: str, now: float) -> None:

@@ -263,7 +263,7 @@ class WindowLimiter(Limiter):
         return Refusal("rate limit exceeded for this window", {"Retry-After": whole_seconds(turn - now)})
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "window_s": self.length, "budget": self.budget,
+        return {**super().snapshot(), "window_s": self.length, "budget": self.budget, "origin": self.origin,
                 "per_window": list(self.per_window)}
 
 

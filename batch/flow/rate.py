@@ -1,8 +1,10 @@
-"""A rate budget: ``rate`` units per second as a schedule of reserved start times.
+"""The rate limiter: ``rate`` units per second as a schedule of reserved start times.
 
-The generic cell rate algorithm: a reservation is O(1), first come first served,
-and never lets more than ``burst`` units through at once. Used for configured
-request and token budgets and for the pace learned from 429s.
+The generic cell rate algorithm (GCRA, the virtual-scheduling form of a token bucket):
+a reservation is O(1), first come first served, and never lets more than ``burst``
+units through at once. ``RateBudget`` holds a configured budget (``requests_per_minute``,
+``tokens_per_minute``); ``book`` and ``after`` are the same arithmetic on plain numbers,
+for the learned rate whose state lives in shared cells (``batch.flow.pace``).
 """
 
 from __future__ import annotations
@@ -47,10 +49,6 @@ class RateBudget:
     def adjust(self, amount: float) -> None:
         """Correct an earlier estimate (tokens are known only once the answer arrives)."""
         self._next += amount / self.rate
-
-    def restart(self) -> None:
-        """Forget the bookings made so far (they were made at another rate)."""
-        self._next = self._clock()
 
     def push_back(self, until: float) -> None:
         """Nothing starts before ``until``, and no burst then: the server asked us to wait."""

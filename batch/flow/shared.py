@@ -1,4 +1,4 @@
-"""A few numbers every Python worker on one host reads and writes: the place where their pace is shared.
+"""A few numbers every Python worker on one host reads and writes: where their learned rate is shared.
 
 Spark runs one Python worker per task slot, and each would otherwise learn an
 endpoint's rate limit on its own: each sees only its share of the 429s, their
@@ -31,7 +31,7 @@ except ImportError:  # not a POSIX system: every worker keeps its own pace
 
 __all__ = ["Slab", "path_for", "shared_dir", "private_dir"]
 
-log = logging.getLogger("batch.shared")
+log = logging.getLogger("batch.flow.shared")
 
 CELL = 8
 STALE_FILE_S = 24 * 3600.0  # files untouched for a day belong to endpoints nobody asks any more

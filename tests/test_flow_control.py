@@ -1,4 +1,4 @@
-"""Flow control on a fake clock: budgets, the adaptive cap and the pool-wide pause, with no real waiting."""
+"""Flow control on a fake clock: budgets, the concurrency limit, storms and their probes, with no real waiting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from batch.ratelimit import AdaptiveLimit, FlowControl, RateBudget
+from batch.flow import ConcurrencyLimit, FlowControl, RateBudget
 
 
 class FakeTime:
@@ -118,11 +118,11 @@ def test_budget_push_back_only_moves_forward():
     assert "RateBudget(rate=10/s" in repr(budget)
 
 
-# ---------------------------------------------------------------- AdaptiveLimit
+# ---------------------------------------------------------------- ConcurrencyLimit
 
 def test_limit_caps_in_flight_and_wakes_waiters_in_order():
     async def main():
-        limit = AdaptiveLimit(2)
+        limit = ConcurrencyLimit(2)
         order: list[str] = []
 
         async def worker(name: str) -> None:
@@ -152,7 +152,7 @@ def test_limit_caps_in_flight_and_wakes_waiters_in_order():
 
 def test_limit_newcomers_queue_behind_waiters():
     async def main():
-        limit = AdaptiveLimit(1)
+        limit = ConcurrencyLimit(1)
         await limit.acquire()
         order: list[str] = []
 
@@ -170,80 +170,9 @@ def test_limit_newcomers_queue_behind_waiters():
     run(main())
 
 
-def test_limit_grows_additively_on_success():
-    t = FakeTime()
-    limit = AdaptiveLimit(10, initial=2, clock=t.clock)
-
-    async def one_round_trip():
-        for _ in range(int(limit.limit)):
-            await limit.acquire()
-        for _ in range(int(limit.limit)):
-            limit.release(0.05)
-
-    run(one_round_trip())
-    assert 2.5 < limit.limit < 3.5  # about one more per round trip
-    for _ in range(100):
-        run(one_round_trip())
-    assert limit.limit == 10.0  # never above the maximum
-
-
-def test_limit_does_not_grow_on_errors():
-    limit = AdaptiveLimit(10, initial=3)
-
-    async def main():
-        for _ in range(20):
-            await limit.acquire()
-            limit.release(None)
-    run(main())
-    assert limit.limit == 3.0 and limit.in_flight == 0
-
-
-def test_limit_cuts_at_most_once_per_round_trip():
-    t = FakeTime()
-    limit = AdaptiveLimit(100, clock=t.clock)
-
-    async def storm(size: int, latency: float = 0.1) -> None:
-        for _ in range(size):
-            await limit.acquire()
-        for _ in range(size):
-            limit.release(latency, rate_limited=True)
-
-    run(storm(50))  # fifty 429s in one round trip: one cut
-    assert limit.limit == pytest.approx(70.0) and limit.in_flight == 0
-    t.now += 0.01
-    run(storm(50))  # still the same round trip
-    assert limit.limit == pytest.approx(70.0)
-    t.now += 1.0  # a round trip later, a new storm cuts again
-    run(storm(50))
-    assert limit.limit == pytest.approx(49.0)
-    for _ in range(30):
-        t.now += 1.0
-        run(storm(1))
-    assert limit.limit == 1.0  # never below the minimum
-
-
-def test_limit_cut_holds_back_waiters():
-    t = FakeTime()
-
-    async def main():
-        limit = AdaptiveLimit(4, clock=t.clock)
-        for _ in range(4):
-            await limit.acquire()
-        waiter = asyncio.create_task(limit.acquire())
-        await settle()
-        limit.release(0.1, rate_limited=True)  # limit 4 -> 2.8: three in flight is already too many
-        await settle()
-        assert not waiter.done() and limit.in_flight == 3
-        limit.release(0.1)
-        limit.release(0.1)
-        await settle()
-        assert waiter.done() and limit.in_flight == 2
-    run(main())
-
-
 def test_cancelled_waiter_does_not_leak_a_slot():
     async def main():
-        limit = AdaptiveLimit(1)
+        limit = ConcurrencyLimit(1)
         await limit.acquire()
         waiting = asyncio.create_task(limit.acquire())
         await settle()
@@ -261,7 +190,7 @@ def test_cancelled_waiter_does_not_leak_a_slot():
 
 def test_cancel_after_the_slot_was_handed_over_gives_it_back():
     async def main():
-        limit = AdaptiveLimit(1)
+        limit = ConcurrencyLimit(1)
         await limit.acquire()
         granted = asyncio.create_task(limit.acquire())
         after = asyncio.create_task(limit.acquire())
@@ -326,61 +255,6 @@ def test_flow_paces_requests_per_second():
     run(main())
 
 
-def test_flow_pause_delays_every_admission():
-    t = FakeTime()
-
-    async def main():
-        flow = FlowControl(max_concurrency=10, clock=t.clock, sleep=t.sleep)
-        await flow.admit()
-        flow.done(0.1, rate_limited=True)
-        flow.pause(2.0)
-        flow.pause(0.5)  # a shorter pause never shortens the pool's wait
-        assert flow.paused_until == 2.0
-        started: list[float] = []
-
-        async def request() -> None:
-            await flow.admit()
-            started.append(t.now)
-            flow.done(0.1)
-
-        tasks = [asyncio.create_task(request()) for _ in range(5)]
-        await t.advance(1.9)
-        assert started == []
-        await t.advance(0.2)
-        await asyncio.gather(*tasks)
-        assert started == [2.0] * 5
-        assert t.sleeps == [2.0] * 5
-    run(main())
-
-
-def test_flow_pause_also_holds_requests_already_waiting_for_budget():
-    t = FakeTime()
-
-    async def main():
-        flow = FlowControl(max_concurrency=10, requests_per_second=10.0, clock=t.clock, sleep=t.sleep)
-        started: list[float] = []
-
-        async def request() -> None:
-            await flow.admit()
-            started.append(t.now)
-            flow.done(0.01)
-
-        tasks = [asyncio.create_task(request()) for _ in range(3)]  # burst 1: one now, then 0.1 and 0.2
-        await t.advance(0.05)
-        assert started == [0.0]
-        flow.pause(1.0)  # a 429 while two requests sleep on their reservations
-        await t.advance(5.0)
-        await asyncio.gather(*tasks)
-        assert started[0] == 0.0
-        assert all(s >= 1.05 for s in started[1:])
-        # and the budget restarts behind the pause: the next requests are paced from there
-        follow = [asyncio.create_task(request()) for _ in range(3)]
-        await t.advance(5.0)
-        await asyncio.gather(*follow)
-        assert all(s >= 1.05 for s in started[3:])
-    run(main())
-
-
 def test_flow_token_budget_and_adjust():
     t = FakeTime()
 
@@ -401,35 +275,10 @@ def test_flow_token_budget_and_adjust():
     run(main())
 
 
-def test_flow_cancelled_admission_gives_its_slot_back():
-    t = FakeTime()
-
-    async def main():
-        flow = FlowControl(max_concurrency=1, clock=t.clock, sleep=t.sleep)
-        flow.pause(10.0)
-        sleeping = asyncio.create_task(flow.admit())
-        queued = asyncio.create_task(flow.admit())
-        await settle()
-        assert flow.limit.in_flight == 1
-        sleeping.cancel()
-        await settle()
-        assert sleeping.cancelled()
-        assert flow.limit.in_flight == 1  # the queued admission took the slot over, and sleeps on the pause
-        queued.cancel()
-        await settle()
-        assert flow.limit.in_flight == 0
-        flow.paused_until = 0.0
-        await asyncio.wait_for(flow.admit(), 5)
-        assert flow.limit.in_flight == 1
-        flow.done(None)
-        assert flow.limit.in_flight == 0
-    run(main())
-
-
 def test_flow_repr_names_no_secrets_and_shows_state():
     flow = FlowControl(max_concurrency=4, requests_per_second=2.0, tokens_per_second=50.0)
     text = repr(flow)
-    assert "AdaptiveLimit(limit=4.0" in text and "RateBudget(rate=2/s" in text and "RateBudget(rate=50/s" in text
+    assert "ConcurrencyLimit(limit=4" in text and "RateBudget(rate=2/s" in text and "RateBudget(rate=50/s" in text
 
 
 def test_flow_waiters_go_at_the_new_pace_as_soon_as_it_rises():
@@ -454,3 +303,44 @@ def test_flow_waiters_go_at_the_new_pace_as_soon_as_it_rises():
         await t.advance(1.0)
         await asyncio.gather(*tasks)
     run(main())
+
+
+def test_limit_doubles_each_round_trip_only_while_it_holds_the_pool_back():
+    limit = ConcurrencyLimit(100, initial=4)
+    for _ in range(4):
+        limit.in_flight += 1
+    limit.release(0.1)  # nobody waited: the limit was not what held the pool back
+    assert limit.limit == 4
+    limit._waiters.extend([asyncio.get_event_loop_policy().new_event_loop().create_future() for _ in range(8)])
+    for _ in range(4):
+        limit.in_flight += 1
+        limit.release(0.1)
+    assert limit.limit == 8  # one more per answer while saturated: double after a round trip
+    limit.at_least(60)
+    assert limit.limit == 60
+    limit.at_least(1000)
+    assert limit.limit == 100  # never above the maximum
+
+
+def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_with_probes():
+    t = FakeTime()
+    flow = FlowControl(max_concurrency=10, clock=t.clock, sleep=t.sleep)
+    for _ in range(50):
+        flow.done(0.1)
+    flow.done(0.0, rate_limited=True)
+    assert flow.refused_for(1.0) is False and flow.paused_until == 0.0  # slightly over: no pause
+    for _ in range(5):
+        flow.done(0.0, rate_limited=True)
+    assert flow.refused_for(1.0) is True and flow.paused_until == pytest.approx(t.now + 1.0)
+
+    async def admissions():
+        probe = asyncio.create_task(flow.admit())
+        await t.advance(0.049)
+        held = not probe.done()
+        await t.advance(0.002)  # the first probe goes after 50 ms, not after the whole second
+        return held, probe.done()
+
+    assert run(admissions()) == (True, True)
+    t.now += 0.1
+    flow.done(0.1)  # the probe, sent after the pause began, was answered: the pause is over
+    assert flow.paused_until == pytest.approx(t.now)

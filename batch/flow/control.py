@@ -1,0 +1,195 @@
+"""Admission for one endpoint inside one event loop: the limiters and the control law applied to requests.
+
+Every request of an ``EndpointClient`` passes ``FlowControl.admit`` before it is sent
+and reports ``done`` when its answer (or failure) comes back. In order, a request waits for:
+
+1. a slot under the in-flight limit (``batch.flow.concurrency``);
+2. the configured budgets, when the endpoint entry sets ``requests_per_minute`` or
+   ``tokens_per_minute`` (``batch.flow.rate``);
+3. a pool-wide pause, only while a storm of 429s lasts, with single probe requests
+   let through at growing gaps (``batch.flow.law.probe_gap``);
+4. its turn at the learned rate (``batch.flow.pace``), handed out one at a time by a pacer.
+
+What an answer teaches goes the other way: a success may raise the rate and, by
+Little's law, the in-flight limit; a 429 cuts the rate once per window; the
+``x-ratelimit-*`` headers set the rate to what the endpoint states. A single 429 makes
+only its own request wait what the server asked (the retry loop in ``batch.client``).
+
+Everything takes ``clock`` and ``sleep`` so tests step a fake clock and never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Awaitable, Callable
+
+from . import law
+from .concurrency import ConcurrencyLimit
+from .headers import Budget
+from .pace import LearnedRate
+from .rate import RateBudget
+
+__all__ = ["FlowControl", "IDLE_RESTART"]
+
+#: Seconds with nothing in flight after which the next request starts a new busy period (a new job):
+#: the learned rate is kept or forgotten as ``LearnedRate.restart`` decides.
+IDLE_RESTART = 2.0
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class FlowControl:
+    """The limiters and the learned rate of one endpoint, for one event loop."""
+
+    def __init__(self, *, max_concurrency: int, requests_per_second: float | None = None,
+                 tokens_per_second: float | None = None, clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep, share: str | None = None) -> None:
+        """``share``: a key naming the endpoint, to learn its rate together with the host's other workers."""
+        self.clock, self.sleep = clock, sleep
+        self.limit = ConcurrencyLimit(max_concurrency)
+        self.pace = LearnedRate(clock=clock, share=share)
+        self.requests = RateBudget(requests_per_second, clock=clock) if requests_per_second else None
+        self.tokens = (RateBudget(tokens_per_second, burst=tokens_per_second, clock=clock)
+                       if tokens_per_second else None)
+        self.refused = 0.0            # moving share of answers that were 429s (``law.refused_share``)
+        self.answers = 0              # answers in this busy period
+        self.paused_until = 0.0       # a storm's pool-wide pause ends then, or when a probe is answered
+        self.paused_at = float("-inf")
+        self.probe_at = 0.0
+        self.probes = 0
+        self.last_done = clock()
+        self._turns: deque[asyncio.Future[None]] = deque()
+        self._pacer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ before a request
+
+    async def admit(self, estimated_tokens: int = 0) -> None:
+        """Wait for a slot, the budgets, a storm's pause and a turn; the slot is held until ``done``."""
+        if self.limit.in_flight == 0:
+            now = self.clock()
+            if now - self.last_done > IDLE_RESTART and now >= self.paused_until:  # not a pause's quiet
+                self._restart()
+        await self.limit.acquire()
+        try:
+            await self._wait_turn(estimated_tokens)
+        except BaseException:
+            self.limit.release()
+            raise
+        self.pace.sent()
+
+    async def _wait_turn(self, estimated_tokens: int) -> None:
+        if self.requests or (self.tokens and estimated_tokens):
+            now = self.clock()
+            booked = now  # the configured budgets never change, so they are booked once
+            if self.requests:
+                booked = max(booked, now + self.requests.reserve(1.0))
+            if self.tokens and estimated_tokens:
+                booked = max(booked, now + self.tokens.reserve(estimated_tokens))
+            if booked > now:
+                await self.sleep(booked - now)
+        if self.paused_until:
+            await self._wait_pause()
+        if self.pace.rate or self._turns:
+            await self._paced_turn()
+
+    async def _wait_pause(self) -> None:
+        """Hold while a storm's pause lasts; the first request to find a probe due goes as that probe."""
+        while True:
+            now = self.clock()
+            if now >= self.paused_until:
+                return
+            if now >= self.probe_at:
+                self.probes += 1
+                self.probe_at = now + law.probe_gap(self.probes)
+                return
+            await self.sleep(min(self.paused_until, self.probe_at) - now)
+            if self.clock() == now:  # a clock that stands still (a test's) would hold us for ever
+                return
+
+    async def _paced_turn(self) -> None:
+        """Wait in line for the pacer, which lets requests go one at a time at the learned rate.
+
+        Turns are booked one at a time, not one per waiter: a backlog booked ahead at an old rate
+        would hold requests back long after the rate rose, and would crowd out the other workers
+        that share the rate.
+        """
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
+        self._turns.append(turn)
+        if self._pacer is None or self._pacer.done():
+            self._pacer = loop.create_task(self._pace_out())
+        await turn
+
+    async def _pace_out(self) -> None:
+        turns = self._turns
+        while turns:
+            cuts = self.pace.cuts
+            wait = self.pace.reserve()
+            if wait > 0:
+                await self.sleep(wait)
+                if self.pace.cuts != cuts:  # a cut that came while we slept voids the turn: book again
+                    continue
+            while turns:
+                turn = turns.popleft()
+                if not turn.done():  # a waiter that gave up is skipped
+                    turn.set_result(None)
+                    break
+
+    def _restart(self) -> None:
+        """A new busy period: the learned rate is kept where safe (see ``LearnedRate.restart``); the
+        in-flight limit, reached by answers that came back, is kept."""
+        self.pace.restart()
+        self.refused, self.answers = 0.0, 0
+
+    # ------------------------------------------------------------ after a request
+
+    def done(self, latency: float | None, *, rate_limited: bool = False, token_error: int = 0) -> None:
+        """A request ended: ``latency`` when an answer came (a 429 included), None when it failed otherwise."""
+        now = self.clock()
+        self.last_done = now
+        if self.tokens and token_error:
+            self.tokens.adjust(token_error)
+        if latency is None:
+            self.limit.release()
+            return
+        self.answers += 1
+        self.refused = law.refused_share(self.refused, rate_limited, self.answers)
+        if rate_limited:
+            self.pace.rate_limited()
+            self.limit.release()
+            return
+        self.pace.success()
+        if self.paused_until > now and now - latency > self.paused_at:  # a probe got through: the pause ends
+            self.paused_until = now
+        self.limit.release(latency)
+        rate = self.pace.rate
+        if rate:
+            self.limit.at_least(law.in_flight_for(rate, self.limit.latency))
+
+    def refused_for(self, seconds: float) -> bool:
+        """The server asked a refused request to wait ``seconds``. In a storm the whole pool waits too (with
+        probes); otherwise only that request does. True when a pool-wide pause holds now."""
+        now = self.clock()
+        if self.paused_until > now:
+            self.paused_until = max(self.paused_until, now + seconds)
+            return True
+        if not law.is_storm(self.refused):
+            return False
+        self.paused_until, self.paused_at = now + seconds, now
+        self.probes = 0
+        self.probe_at = now + law.probe_gap(0)
+        return True
+
+    def stated(self, budget: Budget) -> None:
+        """What the endpoint's ``x-ratelimit-*`` headers said about its limits."""
+        if budget.limit_requests:
+            self.pace.stated(budget.limit_requests)
+
+    def close(self) -> None:
+        self.pace.close()
+
+    def __repr__(self) -> str:
+        return f"FlowControl({self.limit!r}, {self.pace!r}, requests={self.requests!r}, tokens={self.tokens!r})"

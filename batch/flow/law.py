@@ -1,0 +1,128 @@
+"""The control law: pure functions from what was observed to the next sending rate, in-flight limit or pause.
+
+No clock, no I/O and no state of their own, so they are tested as tables
+(``tests/test_flow_law.py``). ``batch.flow.pace`` keeps the state they read and
+write; ``batch.flow.control`` applies them to requests. The ideas, in order:
+
+* **Additive increase, multiplicative decrease on the rate** (Jacobson 1988, on a rate rather than a
+  window): a 429 sets the rate a little below what was *delivered* in the last moment, the best
+  estimate of the cap; while no 429 comes the rate climbs back to that cap quickly, then probes
+  above it in steps that grow the longer no 429 comes.
+* **The endpoint's own figure wins** when it states one (``x-ratelimit-limit-requests``): the rate
+  starts there and never probes above it.
+* **Little's law** (L = lambda W): to send ``rate`` requests a second that each take ``latency``
+  seconds, about ``rate * latency`` must be in flight; the in-flight limit is raised to that at once
+  instead of being found one step per round trip.
+* **One 429 among successes means "slightly over"**: that request waits what the server asked and
+  the rate is cut; the pool does not stop. Only a storm (most recent answers refused: a spent
+  window, a full concurrency cap) pauses the pool, and then single probe requests go out at
+  growing gaps so the pool resumes as soon as one is answered, not a rounded-up second later.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "CUT", "KEEP_OF_PEAK", "FLOOR", "RECOVER", "MIN_RECOVER", "SEARCH_UNMEASURED", "SEARCH_RAMPING", "PROBE",
+    "MAX_STREAK", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE", "FIRST_PROBE_GAP", "MAX_PROBE_GAP",
+    "raised", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm", "probe_gap",
+]
+
+#: The rate after a 429, as a share of the rate delivered when it came: just under the measured cap.
+CUT = 0.95
+#: A cut never goes below this share of the best rate delivered lately: 429s that come whatever the
+#: rate (a limit shared with other clients, faults) would otherwise walk the rate down cut after cut.
+KEEP_OF_PEAK = 0.5
+#: Requests per second no cut goes below: a rate of zero would never learn anything again.
+FLOOR = 0.5
+#: Below the last measured cap, each step closes this share of the gap (recovering after a cut)...
+RECOVER = 0.5
+#: ...and at least this share of the rate, so the last percent of the gap does not take forever.
+MIN_RECOVER = 0.01
+#: Growth per step when no cap was ever measured: the rate is a guess, look further fast.
+SEARCH_UNMEASURED = 1.25
+#: Growth per step when the only cap measured came while ramping up (the first 429 of a run).
+SEARCH_RAMPING = 1.1
+#: Above a cap measured twice, the first probing step; the n-th step without a 429 is ``n * PROBE``.
+PROBE = 0.01
+#: Probing steps stop growing after this many (a 10% step at most).
+MAX_STREAK = 10
+#: In-flight requests allowed per request a second a latency needs: twice Little's law, so latency
+#: spikes and the jitter of the pacer do not starve the rate.
+HEADROOM = 2.0
+#: Weight of the newest answer in the moving share of answers that were 429s.
+STORM_WEIGHT = 0.2
+#: A moving share of 429s at or above this is a storm: five 429s in a row after many successes, or a
+#: first answer that is a 429; one in two refused, alternating, stays below it (about 0.56).
+STORM_SHARE = 0.6
+#: Seconds before the first probe request of a pool-wide pause; each later gap doubles...
+FIRST_PROBE_GAP = 0.05
+#: ...up to this many seconds.
+MAX_PROBE_GAP = 2.0
+
+
+def raised(rate: float, ceiling: float, measured: int, streak: int, stated: float = 0.0) -> tuple[float, int]:
+    """One step up after an interval with no 429 in which the rate was used: ``(new rate, new streak)``.
+
+    ``ceiling`` is the delivered rate when the last 429 came, ``measured`` how many 429s measured it,
+    ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none).
+    """
+    if rate < ceiling:
+        new = min(ceiling, rate + max((ceiling - rate) * RECOVER, rate * MIN_RECOVER))
+    elif measured < 2:
+        new = rate * (SEARCH_RAMPING if measured else SEARCH_UNMEASURED)
+    else:
+        streak = min(streak + 1, MAX_STREAK)
+        new = rate * (1.0 + PROBE * streak)
+    return (min(new, stated) if stated else new), streak
+
+
+def cut(rate: float, delivered: float, peak: float) -> float:
+    """The rate after a 429 measured over enough answers: below what was delivered, never below half the peak."""
+    current = rate or delivered
+    return max(FLOOR, peak * KEEP_OF_PEAK, min(current, delivered) * CUT)
+
+
+def unmeasured_cut(rate: float, volley: float, opening: bool, measured_before: bool) -> float | None:
+    """The rate after a 429 that came before enough answers to measure anything (None: keep the rate).
+
+    Early in a busy period the opening volley overran the server's burst before any answer could
+    come back: a rate measured before still holds; otherwise half of what the volley sent is a start.
+    Later, nothing gets through: halve the rate until something does.
+    """
+    if opening and rate and measured_before:
+        return None
+    base = (volley or rate) if opening else (rate or volley)
+    return max(FLOOR, base * 0.5)
+
+
+def stated_rate(limit_per_minute: float | None) -> float:
+    """Requests per second an ``x-ratelimit-limit-requests`` (a per-minute figure) allows; 0 when unknown."""
+    if not limit_per_minute or limit_per_minute <= 0 or not math.isfinite(limit_per_minute):
+        return 0.0
+    return limit_per_minute / 60.0
+
+
+def in_flight_for(rate: float, latency: float) -> int:
+    """Little's law with headroom: the in-flight limit a rate needs at this latency."""
+    return math.ceil(HEADROOM * rate * latency)
+
+
+def refused_share(share: float, refused: bool, answers: int) -> float:
+    """The moving share of answers that were 429s, after the ``answers``-th answer of a busy period.
+
+    The first answers weigh ``1/answers`` (a plain average), later ones ``STORM_WEIGHT``: a busy period
+    whose very first answer is a 429 has had nothing through at all, which is a storm.
+    """
+    return share + max(STORM_WEIGHT, 1.0 / max(1, answers)) * ((1.0 if refused else 0.0) - share)
+
+
+def is_storm(share: float) -> bool:
+    """Most recent answers were refused: the limit is spent for now, not slightly exceeded."""
+    return share >= STORM_SHARE
+
+
+def probe_gap(probes_sent: int) -> float:
+    """Seconds between probe requests during a pool-wide pause, after ``probes_sent`` probes."""
+    return min(MAX_PROBE_GAP, FIRST_PROBE_GAP * 2.0 ** probes_sent)

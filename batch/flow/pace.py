@@ -1,0 +1,306 @@
+"""The rate learned for one endpoint, shared by every Python worker of a host: the state the control law reads.
+
+A rate cap answers 429 at once, so a client that only limits concurrency keeps
+re-sending into a full bucket. Pacing on a rate avoids that. ``LearnedRate`` keeps
+what the law in ``batch.flow.law`` needs (the rate, the cap measured at the last
+429, the best rate delivered lately, counts of requests sent and answered over the
+last half second) and applies the law's steps: ``success`` may raise the rate,
+``rate_limited`` cuts it, ``stated`` takes the endpoint's own figure. ``reserve``
+books the next request's turn at the rate (``batch.flow.rate.book``).
+
+The state lives in a ``Slab`` (``batch.flow.shared``): shared by every worker on the
+host when given a key, so that the workers of one machine learn one rate together,
+as one client, and a second job on the endpoint starts from it (see ``restart``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from . import law
+from .rate import after, book
+from .shared import Slab
+
+__all__ = ["LearnedRate", "LEARNED_TTL", "STATED_TTL"]
+
+#: Answers needed in the last window before a 429 measures a delivered rate.
+MIN_SAMPLES = 20
+#: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
+PEAK_HALF_LIFE = 30.0
+#: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
+LAYOUT = 4.0
+#: A window of counts is kept in this many slots.
+SLOTS = 25
+#: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
+FLUSH = 0.005
+#: After a quiet spell a rate learned from 429s is kept this long (a second job right after the first
+#: starts at it); older, the endpoint is learned afresh: the cap, or who else shares it, may have changed.
+LEARNED_TTL = 60.0
+#: A rate the endpoint stated in its headers is kept this long after a quiet spell.
+STATED_TTL = 600.0
+
+# Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
+(VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
+ FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED) = range(19)
+DONE_RING = 19
+SENT_RING = DONE_RING + 2 * (SLOTS + 1)
+SIZE = SENT_RING + 2 * (SLOTS + 1)
+NEVER = float("-inf")
+
+
+class LearnedRate:
+    """The rate for one endpoint. ``window``: seconds of answers a delivered rate is measured over (and
+    the least time between two cuts: one overshoot's burst of 429s is one signal). ``interval``: the
+    least time between two raises. ``share``: a key naming the endpoint; every worker of the host with
+    the same key reads and writes the same rate."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: float = 0.5,
+                 interval: float = 0.1, share: str | None = None) -> None:
+        self.clock, self.window, self.interval = clock, window, interval
+        self.slot = window / SLOTS
+        self.slab = Slab(SIZE, share)
+        self.v = self.slab.values
+        # Counts kept in this worker for up to ``FLUSH`` seconds, so that most requests take no lock.
+        self._sent = self._done = 0
+        self._flushed = NEVER
+        now = clock()
+        self.slab.lock()
+        try:
+            # A file from another layout, or from before a reboot (the clock went back), is started afresh.
+            if self.v[VERSION] != LAYOUT or max(self.v[LAST_SENT], self.v[LAST_DONE]) > now:
+                self._reset()
+        finally:
+            self.slab.unlock()
+
+    def _reset(self) -> None:
+        v = self.v
+        self.slab.clear()
+        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT):
+            v[i] = NEVER
+        v[VERSION] = LAYOUT
+
+    @property
+    def rate(self) -> float | None:
+        return self.v[RATE] or None
+
+    @property
+    def ceiling(self) -> float:
+        """The delivered rate when the last 429 came: the best guess of the cap."""
+        return self.v[CEILING]
+
+    @property
+    def cuts(self) -> int:
+        """How many times the pace was cut, so waiters can tell their booking went stale."""
+        return int(self.v[CUTS])
+
+    def delivered(self) -> float:
+        """Successful answers per second over the last window."""
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            return self._rate_of(DONE_RING, FIRST_DONE, now)
+        finally:
+            self.slab.unlock()
+
+    def reserve(self) -> float:
+        """Seconds to wait before the next request may start (0 while no pace is set)."""
+        v = self.v
+        if not v[RATE]:
+            return 0.0
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            v[NEXT], wait = book(v[NEXT], now, 1.0, v[RATE], v[BURST])
+        finally:
+            self.slab.unlock()
+        return wait
+
+    @property
+    def stated_rate(self) -> float:
+        """Requests per second the endpoint stated (``x-ratelimit-limit-requests``); 0 when it said nothing."""
+        return self.v[STATED]
+
+    def restart(self) -> bool:
+        """A new busy period after a quiet spell (a second job): keep the rate where that is safe.
+
+        A rate the endpoint stated is kept for ``STATED_TTL`` after the host's last request, one learned
+        from 429s for ``LEARNED_TTL``, and then marked as measured once only, so it is checked again
+        (searched upwards) rather than trusted; older, the endpoint is learned afresh. True when forgotten.
+        """
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            quiet = now - max(v[LAST_SENT], v[LAST_DONE])
+            if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
+                if not v[STATED]:
+                    v[MEASURED] = min(v[MEASURED], 1.0)
+                return False
+            self._reset()
+            return True
+        finally:
+            self.slab.unlock()
+
+    def stated(self, limit_per_minute: float | None) -> None:
+        """The endpoint said its limit: start there, and never probe above it."""
+        stated = law.stated_rate(limit_per_minute)
+        v = self.v
+        if not stated or stated == v[STATED]:
+            return
+        now = self.clock()
+        self.slab.lock()
+        try:
+            v[STATED] = stated
+            if not v[RATE] or v[RATE] > stated or not v[MEASURED]:
+                self._set(stated, now)
+                v[NEXT] = after(now, stated, v[BURST])
+            v[CEILING] = max(v[CEILING], stated) if v[MEASURED] else stated
+            v[MEASURED] = max(v[MEASURED], 2.0)
+        finally:
+            self.slab.unlock()
+
+    def sent(self) -> None:
+        """A request went out: while nothing is answered, what we send is all there is to go by."""
+        now = self.clock()
+        self._sent += 1
+        if now - self._flushed < FLUSH:
+            return
+        self.slab.lock()
+        try:
+            self._flush(now)
+        finally:
+            self.slab.unlock()
+
+    def success(self) -> None:
+        v = self.v
+        now = self.clock()
+        self._done += 1
+        if now - self._flushed < FLUSH and (
+                not v[RATE] or now - v[LAST_CHANGE] < self.interval or now - v[CHECKED] < self.interval):
+            return  # nothing to decide yet: the count waits in this worker for a moment
+        self.slab.lock()
+        try:
+            self._flush(now)
+            rate = v[RATE]
+            if not rate or now - v[LAST_CHANGE] < self.interval or now - v[CHECKED] < self.interval:
+                return
+            # Sent since the last look, against what the pace allowed: when the pace is not what holds
+            # the pool back (few rows left, a slow endpoint), a higher one would be a guess nothing tested.
+            used = v[SENT_SINCE] + 1.0 >= 0.75 * rate * (now - max(v[CHECKED], v[FIRST_SENT]))
+            v[CHECKED], v[SENT_SINCE] = now, 0.0
+            if not used:
+                return
+            rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED])
+            v[STREAK] = streak
+            self._set(rate, now)
+        finally:
+            self.slab.unlock()
+
+    def rate_limited(self) -> None:
+        """One cut per window: a burst of 429s from one overshoot is one signal, not many."""
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            if now - v[LAST_CUT] < self.window:
+                return
+            rate = v[RATE]
+            # A rate needs enough answers over long enough: the first answers of a busy period come in
+            # one clump, a round trip after the opening volley, and say nothing about a rate.
+            measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and now - v[FIRST_DONE] >= self.interval
+            if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
+                return  # nothing to learn from yet: the server's Retry-After pause is the answer
+            v[LAST_CUT], v[STREAK] = now, 0.0
+            if measured:
+                delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
+                v[CEILING] = delivered
+                v[MEASURED] += 1
+                self._set(law.cut(rate, delivered, self._peak(delivered, now)), now)
+            else:
+                opening = now - v[FIRST_SENT] < self.window
+                volley = (self._rate_of(SENT_RING, FIRST_SENT, now)
+                          if self._recent(SENT_RING, now) >= MIN_SAMPLES else 0.0)
+                new = law.unmeasured_cut(rate, volley, opening, bool(v[MEASURED]))
+                if new is None:
+                    return
+                self._set(new, now)
+            v[CUTS] += 1
+            v[CHECKED], v[SENT_SINCE] = now, 0.0  # whether the new pace is used is measured from here
+            # Bookings made at the old pace are void: waiters book again, from now and with no burst,
+            # since the 429 says the server has none left.
+            v[NEXT] = after(now, v[RATE], v[BURST])
+        finally:
+            self.slab.unlock()
+
+    def close(self) -> None:
+        self.slab.close()
+
+    # ------------------------------------------------------------ under the lock
+
+    def _flush(self, now: float) -> None:
+        """Add the counts this worker kept to itself to the shared cells."""
+        v = self.v
+        if self._sent:
+            if now - v[LAST_SENT] > self.window:
+                v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
+            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now, self._sent)
+            v[SENT_SINCE] += self._sent
+            self._sent = 0
+        if self._done:
+            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now, self._done)
+            self._done = 0
+        self._flushed = now
+
+    def _count(self, ring: int, first: int, last: int, now: float, events: int) -> None:
+        """More events in ``ring``; after a quiet spell the new busy period is measured on its own."""
+        v = self.v
+        if now - v[last] > self.window:
+            v[first] = now
+        v[last] = now
+        epoch = now // self.slot
+        cell = ring + 2 * int(epoch % (SLOTS + 1))
+        if v[cell] != epoch:
+            v[cell], v[cell + 1] = epoch, 0.0
+        v[cell + 1] += events
+
+    def _recent(self, ring: int, now: float) -> float:
+        """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
+        v = self.v
+        epoch = now // self.slot
+        total = 0.0
+        for back in range(SLOTS + 1):
+            stamp = epoch - back
+            cell = ring + 2 * int(stamp % (SLOTS + 1))
+            if v[cell] == stamp:
+                total += v[cell + 1]
+        return total
+
+    def _rate_of(self, ring: int, first: int, now: float) -> float:
+        if self.v[first] == NEVER:
+            return 0.0
+        counted = self.window + now % self.slot  # what ``_recent`` covers
+        # Early on the window is not full yet: dividing by all of it would understate the rate.
+        return self._recent(ring, now) / max(min(counted, now - self.v[first]), self.interval)
+
+    def _peak(self, delivered: float, now: float) -> float:
+        """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
+        v = self.v
+        best = v[BEST]
+        faded = best * 0.5 ** ((now - v[BEST_AT]) / PEAK_HALF_LIFE) if best else 0.0
+        if delivered >= faded:
+            v[BEST], v[BEST_AT] = delivered, now
+            return delivered
+        return faded
+
+    def _set(self, rate: float, now: float) -> None:
+        self.v[LAST_CHANGE], self.v[RATE], self.v[BURST] = now, rate, max(1.0, rate * 0.02)
+
+    def __repr__(self) -> str:
+        where = "shared" if self.slab.shared else "private"
+        return (f"LearnedRate(rate={self.rate}, ceiling={self.ceiling:.1f}, stated={self.stated_rate:g}/s, "
+                f"delivered={self.delivered():.1f}/s, {where})")
