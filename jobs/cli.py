@@ -102,8 +102,13 @@ def summary(spec: JobSpec, result, seconds: float) -> str:
     if getattr(result, "rows_by_category", None):
         lines.append("  keys: " + ", ".join(f"{v:,} {k}" for k, v in result.rows_by_category.items())
                      + f", {result.rows_removed:,} removed")
-    if getattr(result, "estimate", None) is not None and result.estimate.cost_point is not None:
-        lines.append(f"  spend: ${result.spend:.4f} (estimated before the run: ${result.estimate.cost_point:.4f})")
+    estimate = getattr(result, "estimate", None)
+    if estimate is not None and estimate.cost_low is not None:
+        told = (f"${estimate.cost_point:.4f}" if estimate.cost_point is not None
+                else f"at least ${estimate.cost_low:.4f}, no completion bound")
+        lines.append(f"  spend: ${result.spend:.4f} (estimated before the run: {told})")
+    elif any(u.estimated_cost is not None for u in result.usage):
+        lines.append(f"  spend: ${result.spend:.4f}")
     for u in result.usage:
         latency = (f", latency p50 {u.latency_p50_ms:.0f} ms p95 {u.latency_p95_ms:.0f} ms"
                    if u.latency_p50_ms is not None else "")
