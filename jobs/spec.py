@@ -101,8 +101,9 @@ class JobSpec:
         return line_of(self.lines, *path)
 
 
+# "preview" holds the variants ``python -m jobs preview`` compares (checked by jobs.preview); a run ignores it.
 _TOP = {"job", "input", "outputs", "results", "usage", "limits", "spark", "commit_every", "prices", "endpoints",
-        "execution"}
+        "execution", "preview"}
 _EXECUTION = {"mode", "poll_seconds", "completion_window", "max_requests_per_file", "max_bytes_per_file"}
 _INPUT = {"table", "query", "path", "format", "options", "key"}
 _OUTPUT = {"endpoint", "prompt", "request", "returnType", "failOnError", "modelParameters", "responseFormat"}

@@ -17,6 +17,7 @@ from batch.errors import ConfigError
 from batch.serve import ServerProcess, simulated_answer
 from jobs.cli import main
 from jobs.preview import load_variants, run_preview
+from jobs.spec import load_spec
 from jobs.svg import PALETTE
 
 from browser import colour_counts, hex_rgb, read_png, screenshot
@@ -168,6 +169,7 @@ def test_prompt_variants_from_the_spec(spark, demo, server, tmp_path):
                                    "{'max_tokens': 6}")
     preview = run_preview(spark, base, variants, rows)
     assert len(preview.rows) == 5 and [r["ticket_id"] for r in preview.rows] == _sample_ids(spark)[:5]
+    assert load_spec(path).outputs == base.outputs  # the same spec still runs: a run ignores its variants
     for row, answers in zip(preview.rows, preview.answers):
         assert answers[("terse", "summary")].value == simulated_answer(f"In one line: {row['subject']}", 6)[0]
         assert answers[("terse", "triage")] is answers[("spec", "triage")]  # unchanged: asked once
