@@ -17,6 +17,7 @@ from batch.config import EndpointConfig
 from batch.engine import answer_rows
 from batch.errors import (HTTPRequestError, InvalidResponseError, NoAnswerError, ParseCastError, QuotaExceededError,
                           RateLimitError, ServerError, TransportError)
+from batch.flow.law import FIRST_PROBE_GAP
 from batch.serve import ServerProcess, simulated_answer
 from batch.transport import TRANSPORTS, make_transport
 
@@ -324,7 +325,10 @@ def test_rate_limited_requests_exhausted():
     assert "REQUEST_LIMIT_EXCEEDED: slow down" in str(result.error)
 
 
-def test_a_429_pauses_the_whole_pool():
+def test_a_storm_pauses_the_pool_and_probes_end_the_pause():
+    """The busy period's first answer is a 429: a storm. The request that got it waits what the server asked;
+    the pool pauses too, but sends probes after FIRST_PROBE_GAP instead of sitting out the whole Retry-After,
+    and the first probe answered ends the pause."""
     t = FakeTime(advance=False)  # time stands still: every admission shows the wait it was given
     first = {"done": False}
 
@@ -340,13 +344,14 @@ def test_a_429_pauses_the_whole_pool():
     async def go():
         a = await client.call(["first"])  # its 429 pauses the pool...
         assert client.flow.paused_until == pytest.approx(1005.0)
-        others = await asyncio.gather(*(client.call([f"other {i}"]) for i in range(3)))  # ...for everyone
+        others = await asyncio.gather(*(client.call([f"other {i}"]) for i in range(3)))  # ...which probes end
         await client.aclose()
         return a, others
 
     a, others = run(go())
     assert a.error is None and all(o.error is None and o.attempts == 1 for o in others)
-    assert t.sleeps == [pytest.approx(5.0)] * 4
+    assert t.sleeps[0] == pytest.approx(5.0)  # the refused request waited as asked
+    assert t.sleeps[1:] and all(s == pytest.approx(FIRST_PROBE_GAP) for s in t.sleeps[1:])  # nobody else did
 
 
 def test_a_429_after_answers_paces_the_pool_below_what_was_delivered():
@@ -366,7 +371,7 @@ def test_a_429_after_answers_paces_the_pool_below_what_was_delivered():
     delivered = 20 / 0.4  # 20 answers in 0.4 s
     # Cut to just below it; the answer to the retry may already have started the climb back to it.
     assert 0.95 * delivered * 0.99 <= client.flow.pace.rate <= delivered * 1.001
-    assert not client.flow.limit.slow_start and client.flow.limit.limit == 10  # the cap is not what is cut
+    assert client.flow.limit.limit == 10  # the cap is not what is cut
 
 
 def test_in_flight_cap_holds():

@@ -42,7 +42,7 @@ def test_two_line_entries_work_with_defaults(tmp_path):
     chat = registry.get("my-chat")
     assert (chat.api, chat.task, chat.model_name) == ("openai", "chat", "my-chat")
     assert chat.url() == "http://127.0.0.1:8000/v1/chat/completions"
-    assert chat.max_concurrency == 256 and chat.max_retries == 8 and chat.batch_size == 64
+    assert chat.max_concurrency == 1024 and chat.max_retries == 8 and chat.batch_size == 64
     assert chat.timeout == 120.0 and chat.requests_per_minute is None and chat.verify_tls is True
     assert chat.token_env is None and chat.headers == ()
     embed = registry.get("dbx-embed")
