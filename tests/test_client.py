@@ -485,19 +485,21 @@ def test_client_repr_is_short_and_safe():
 
 # ---------------------------------------------------------------- answers in other shapes, status in bodies
 
+async def call_and_pause(client):
+    """One call, and the pool-wide pause it left behind."""
+    result = await client.call(["hello"])
+    paused = client.flow.paused_until
+    await client.aclose()
+    return result, paused
+
+
 def test_a_429_inside_a_200_is_retried_as_a_rate_limit():
     t = FakeTime(advance=False)
     script = Script(status(200, {"error": {"message": "Rate limit exceeded: free-models-per-min", "code": 429}},
                            headers={"Retry-After": "2"}))
     client = mock_client(script, t)
 
-    async def go():
-        result = await client.call(["hello"])
-        paused = client.flow.paused_until
-        await client.aclose()
-        return result, paused
-
-    result, paused = run(go())
+    result, paused = run(call_and_pause(client))
     assert result.error is None and result.results == ["ok"] and (result.attempts, result.rate_limited) == (2, 1)
     assert paused == pytest.approx(1002.0)  # the pool slows down, as for a 429
 
@@ -522,13 +524,7 @@ def test_insufficient_quota_is_not_retried_and_does_not_slow_the_pool():
     script = Script(answer=status(429, body, headers={"Retry-After": "20"}))
     client = mock_client(script, t)
 
-    async def go():
-        result = await client.call(["hello"])
-        paused = client.flow.paused_until
-        await client.aclose()
-        return result, paused
-
-    result, paused = run(go())
+    result, paused = run(call_and_pause(client))
     assert isinstance(result.error, QuotaExceededError) and not isinstance(result.error, RateLimitError)
     assert (result.attempts, result.rate_limited, len(script.requests), t.sleeps) == (1, 0, 1, [])
     assert paused <= t.now

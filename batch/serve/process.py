@@ -138,21 +138,26 @@ class ServerProcess:
             self._admin.close()
             self._admin = None
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        self._returncode = proc.returncode
-        if self._reader is not None:
-            self._reader.join(timeout=5)
+        if proc is not None:
+            self._returncode = stop_process(proc, self._reader)
 
     def __enter__(self) -> "ServerProcess":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen, reader: threading.Thread | None = None) -> int:
+    """Terminate, then kill if it has not ended within 10 s; wait for the thread reading its output.
+    Returns the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if reader is not None:
+        reader.join(timeout=5)
+    return proc.returncode
