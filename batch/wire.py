@@ -172,8 +172,8 @@ def _text(content: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, Mapping) for p in content):
-        return "".join(p["text"] for p in content
-                       if p.get("type", "text") in _TEXT_PARTS and isinstance(p.get("text"), str))
+        texts = [p["text"] for p in content if p.get("type", "text") in _TEXT_PARTS and isinstance(p.get("text"), str)]
+        return "".join(texts) if texts or not content else None  # parts, none of them text: no text at all
     return None
 
 
@@ -194,7 +194,7 @@ def _refuse_no_answer(body: Mapping[str, Any], message: Mapping[str, Any], finis
         return
     limit = (f"max_tokens={max_tokens} from modelParameters" if max_tokens
              else "the endpoint's default, as modelParameters set no max_tokens")
-    if not text:
+    if not text or text.isspace():  # reasoning models often leave a newline or two and nothing else
         reasoning = _reasoning_tokens(body)
         if reasoning or _has_reasoning(message):
             count = f" ({reasoning} reasoning tokens)" if reasoning else ""
@@ -235,9 +235,10 @@ def _responses_answer(body: Mapping[str, Any], structured: bool, max_tokens: int
             calls.append({"function": {"name": item.get("name")}})
         elif item.get("type") == "message" and isinstance(item.get("content"), list):
             for part in item["content"]:
-                if isinstance(part, Mapping) and part.get("type") == "output_text" and isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "output_text" and isinstance(part.get("text"), str):
                     texts.append(part["text"])
-                elif isinstance(part, Mapping) and part.get("type") == "refusal":
+                elif kind == "refusal":
                     refusals.append(str(part.get("refusal") or ""))
     text = "".join(texts) if texts else None
     incomplete = body.get("incomplete_details")
@@ -326,7 +327,8 @@ def _embeddings(body: Mapping[str, Any], count: int) -> list[list[float]]:
             vector = index = None
         if vector.__class__ is not list:
             vector = _from_base64(vector, position)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count or ordered[index] is not None:
+        if (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count
+                or ordered[index] is not None):
             raise AnswerShapeError(f"data[{position}] has a bad index {index!r}")
         ordered[index] = vector
     return ordered
@@ -401,7 +403,8 @@ def _described_error(body: Mapping[str, Any]) -> ErrorInfo | None:
         named = _status_of(code)
         word = code if isinstance(code, str) and named is None and code else kind if isinstance(kind, str) else None
         text = f"{word}: {error['message']}" if word else str(error["message"])
-        quota = next((k for k in (code, kind) if isinstance(k, str) and k in QUOTA_KINDS), None)  # either may say it; it must not be lost
+        # either may say it, and it must not be lost
+        quota = next((k for k in (code, kind) if isinstance(k, str) and k in QUOTA_KINDS), None)
         return ErrorInfo(text, quota or word, named or _kind_status(code) or _kind_status(kind))
     if isinstance(error, str) and error:  # OAuth (RFC 6749) puts the words in error_description
         description = body.get("error_description")

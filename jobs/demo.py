@@ -54,8 +54,11 @@ def _real_model() -> Iterator[Callable[[], str]]:
         print(f"real model: llama-server with SmolLM2-135M-Instruct at {chat.url}/v1 (chat) and {embed.url}/v1 "
               "(embeddings)")
         for name, server in (("demo-chat", chat), ("demo-embed", embed)):
+            # llama-server decodes `parallel` requests at once and queues the rest, and a request's timeout
+            # runs while it waits there: each worker sends no more than the server decodes at once
             config = registry.get(name).with_overrides(api="openai", base_url=server.url + "/v1",
-                                                       model=llama.MODEL_NAME)
+                                                       model=llama.MODEL_NAME, max_concurrency=server.parallel,
+                                                       timeout=600.0)
             registry.add(name, config)
         yield lambda: "answered by llama-server"
 

@@ -29,6 +29,12 @@ _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 
 
+def _lone_brace(template: str) -> str | None:
+    """A brace that is neither doubled nor part of a placeholder, which would be sent as written."""
+    rest = PLACEHOLDER.sub("", template)
+    return next((ch for ch in rest if ch in "{}"), None)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     table: str | None = None
@@ -274,11 +280,13 @@ def _outputs(c: _Checker, raw: Any, keys: tuple[str, ...]) -> tuple[OutputSpec, 
             raise c.error(f"output '{name}': {exc.reason}", "outputs", name, _culprit(exc, entry)) from None
         output = OutputSpec(name, query, prompt=entry.get("prompt"), request=entry.get("request"),
                             line=line_of(c.lines, "outputs", name))
-        for column in output.template_columns():
-            if not _NAME.match(column):
-                raise c.error(f"output '{name}': '{{{column}}}' in the prompt is not a column name; a literal "
-                              "brace is written twice, as in Python's str.format: '{{' gives '{' and '}}' gives '}' "
-                              "(for example 'Reply as JSON like {{\"label\": \"x\"}} for: {body}')",
-                              "outputs", name, "prompt")
+        lone = _lone_brace(output.prompt) if output.prompt is not None else None
+        bad = [f"'{{{column}}}' in the prompt is not a column name" for column in output.template_columns()
+               if not _NAME.match(column)] + ([f"the prompt has a lone '{lone}'"] if lone else [])
+        if bad:
+            raise c.error(f"output '{name}': {bad[0]}; a literal "
+                          "brace is written twice, as in Python's str.format: '{{' gives '{' and '}}' gives '}' "
+                          "(for example 'Reply as JSON like {{\"label\": \"x\"}} for: {body}')",
+                          "outputs", name, "prompt")
         outputs.append(output)
     return tuple(outputs)

@@ -299,6 +299,9 @@ def test_literal_braces_in_a_prompt_template(spark, job_endpoints):
     message = str(caught.value)
     assert "'{\"label\": \"x\"}' in the prompt is not a column name" in message
     assert "a literal brace is written twice, as in Python's str.format: '{{' gives '{' and '}}' gives '}'" in message
+    for template, lone in (("Hi {body", "{"), ("}{body}", "}"), ("{body}} and more", "}")):
+        with pytest.raises(ConfigError, match=f"the prompt has a lone '{lone}'; a literal brace is written twice"):
+            parse_spec(_spec("jobs_braces", outputs={"answer": {"endpoint": "job-chat", "prompt": template}}))
     _tickets(spark, "jobs_braces", ["first ticket", "second {ticket}"])
     spec = parse_spec(_spec("jobs_braces", outputs={"answer": {
         "endpoint": "job-chat", "prompt": 'Reply as JSON like {{"label": "x"}} for: {body} {{body}}'}}))

@@ -35,7 +35,7 @@ TRIAGE = {"type": "json_schema", "json_schema": {"name": "triage", "strict": Tru
     "properties": {"category": {"type": "string", "enum": ["billing", "technical", "shipping"]},
                    "urgency": {"type": "string", "enum": ["low", "medium", "high"]}}}}}
 GREEDY = {"max_tokens": 16, "temperature": 0.0}
-PATIENT = dict(timeout=120.0, max_retries=2)
+PATIENT = dict(timeout=600.0, max_retries=2)
 
 
 def _unavailable_reason() -> str | None:
@@ -61,10 +61,12 @@ def real(spark):
         pytest.skip(reason)
     with llama.LlamaServer(metrics=True, max_tokens=64) as chat, \
             llama.LlamaServer(embeddings=True, parallel=2) as embed:
+        # no more in flight per worker than the server decodes at once: a request's timeout runs in its queue too
         base = dict(api="openai", model=llama.MODEL_NAME, **PATIENT)
-        registry.add("real-chat", task="chat", base_url=chat.url + "/v1", **base)
-        registry.add("real-completions", task="completions", base_url=chat.url + "/v1", **base)
-        registry.add("real-embed", task="embeddings", batch_size=4, base_url=embed.url + "/v1", **base)
+        for name, task, server in (("real-chat", "chat", chat), ("real-completions", "completions", chat),
+                                   ("real-embed", "embeddings", embed)):
+            registry.add(name, task=task, base_url=server.url + "/v1", max_concurrency=server.parallel,
+                         batch_size=4, **base)
         yield {"chat": chat, "embed": embed}
 
 

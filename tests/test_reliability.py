@@ -40,7 +40,9 @@ pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
 RATE_LIMITS = ["429", "429-bare", "dbx-limit"]
 RETRYABLE = RATE_LIMITS + ["500", "502", "503", "504", "drop", "stall", "malformed", "truncated", "dbx-unavailable"]
-PATIENT = dict(max_retries=10, initial_backoff=0.01, max_backoff=0.05, timeout=1.0)
+# A 1 s timeout against stalls of 2 s; the in-flight cap is what one simulator process answers within that
+# timeout on a busy 2-core machine (at the default 1,024 per worker, 5,000 rows at once time out and are paid twice).
+PATIENT = dict(max_retries=10, initial_backoff=0.01, max_backoff=0.05, timeout=1.0, max_concurrency=256)
 STALL_SECONDS = 2
 
 

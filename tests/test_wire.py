@@ -254,6 +254,16 @@ def test_a_structured_answer_cut_at_the_limit_says_which_limit():
     assert no_answer(long, structured=True).endswith("Partial answer: '" + "x" * 1000 + "...'")
 
 
+def test_no_text_is_no_answer_whatever_is_around_it():
+    """A newline or two left by a reasoning model at the limit, or typed parts none of which is text."""
+    spent = choice({"content": "  \n "}, "length")
+    spent["usage"] = {"completion_tokens_details": {"reasoning_tokens": 7}}
+    assert "on reasoning (7 reasoning tokens) and gave no answer" in no_answer(spent)
+    with pytest.raises(AnswerShapeError, match="missing or not text"):
+        parse_answer(openai("chat"), choice({"content": [{"type": "image_url", "image_url": {"url": "x"}}]}), 1)
+    assert parse_answer(openai("chat"), choice({"content": "\n\n"}), 1) == ["\n\n"]  # ended on its own: the value
+
+
 def test_a_whole_structured_answer_that_says_length_is_the_answer():
     """llama-server's grammar may close the JSON and still report "length" (seen with SmolLM2 at 40 tokens)."""
     whole = choice({"content": '{\n  "category": "shipping",\n  "urgency": "medium"\n}'}, "length")
