@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from . import page, svg
 from .spec import JobSpec
-from .tables import status_column, table_exists
+from .tables import asked_here, status_column, table_exists
 
 __all__ = ["ReportData", "gather", "render", "report_path", "write_report", "BINS"]
 
@@ -57,8 +57,10 @@ def _long(rows: DataFrame, spec: JobSpec) -> DataFrame:
     key = F.concat_ws(", ", *[F.concat(F.lit(f"{k}="), F.col(k).cast("string")) for k in spec.keys])
     fields = ("error", "error_kind", "attempts", "latency_ms", "started_at", "requests", "rate_limited")
     per_output = [F.struct(F.lit(o.name).alias("output"), F.lit(o.query.endpoint.name).alias("endpoint"),
+                           asked_here(F.col(status_column(o.name))).alias("asked"),
                            *[F.col(status_column(o.name))[f].alias(f) for f in fields]) for o in spec.outputs]
-    return rows.select(key.alias("key"), F.explode(F.array(*per_output)).alias("a")).select("key", "a.*")
+    return (rows.select(key.alias("key"), F.explode(F.array(*per_output)).alias("a")).where("a.asked")
+            .select("key", *[f"a.{f}" for f in ("output", "endpoint", *fields)]))
 
 
 def gather(spark: SparkSession, spec: JobSpec, run_id: str, started: float, rows: int = 0) -> ReportData:

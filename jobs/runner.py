@@ -29,6 +29,7 @@ import pandas as pd
 from pyspark.sql.functions import pandas_udf
 
 from batch.errors import ConfigError
+from batch.engine import ROW_RECORD
 from batch.functions import query_column, task_slots
 from batch.memo import body_digest
 from batch.udf import request_values
@@ -255,8 +256,9 @@ def final_rows(spec: JobSpec, answered: DataFrame, carried: bool, run_id: str, c
     oks = []
     for o in spec.outputs:
         m = F.col(f"_m_{o.name}")
-        fields = [m["errorMessage"].alias("error")] + [m[f].alias(f) for f in tables.STATUS_FIELDS[1:-1]]
-        status = F.struct(*fields, F.col(_fp(o)).alias("fingerprint"))
+        status = F.struct(m["errorMessage"].alias("error"), m["error_kind"].alias("error_kind"),
+                          *[m[f].alias(f) for f in ROW_RECORD], F.col(_fp(o)).alias("fingerprint"),
+                          F.lit(run_id).alias("asked_in"))
         value = m["result"]
         if carried:
             ask = F.col(_ask(o))

@@ -8,20 +8,28 @@ and a rename, and ``recover`` finishes a rename that a crash interrupted.
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.engine import ROW_RECORD
 
-__all__ = ["STATUS_FIELDS", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without",
+__all__ = ["STATUS_FIELDS", "asked_here", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without",
            "status_column"]
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
 # then the per-row record as ``batch.engine.ROW_RECORD`` defines it.
 # ``fingerprint`` is what was asked (see ``jobs.runner.fingerprint_column``), so a rerun knows what changed.
-STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD, "fingerprint"]
+# ``asked_in``: the run that asked the output. A run that keeps an earlier answer (resume, incremental) carries
+# its status as it was, so that answer's cost stays with the run that paid for it: see ``asked_here``.
+STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD, "fingerprint", "asked_in"]
 # The token counts of the record, summed by the usage table under the same names.
 TOKEN_FIELDS = [name for name in ROW_RECORD if name.endswith("_tokens")]
+
+
+def asked_here(status: Column) -> Column:
+    """True where the row's run asked this output itself (not an answer it carried over from an earlier run)."""
+    return status["asked_in"] == F.col("run_id")
 
 USAGE_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),

@@ -20,7 +20,7 @@ from batch._yaml import line_of, load_yaml
 from batch.errors import ConfigError
 
 from .spec import JobSpec
-from .tables import STATUS_FIELDS, TOKEN_FIELDS, USAGE_SCHEMA, status_column
+from .tables import STATUS_FIELDS, TOKEN_FIELDS, USAGE_SCHEMA, asked_here, status_column
 
 __all__ = ["Price", "price_for", "chunk_totals", "load_prices", "summarize", "usage_rows", "EndpointUsage"]
 
@@ -115,13 +115,13 @@ class EndpointUsage:
 
 
 def _long_form(results: DataFrame, spec: JobSpec) -> DataFrame:
-    """One row per (input row, output): the endpoint and that output's status."""
+    """One row per (input row, output) the run asked itself: the endpoint and that output's status."""
     parts = []
     for output in spec.outputs:
         s = F.col(status_column(output.name))
-        parts.append(results.select(F.lit(output.query.endpoint.name).alias("endpoint"),
-                                    F.col(output.name).isNotNull().alias("has_value"),
-                                    *[s[f].alias(f) for f in STATUS_FIELDS]))
+        parts.append(results.where(asked_here(s)).select(F.lit(output.query.endpoint.name).alias("endpoint"),
+                                                         F.col(output.name).isNotNull().alias("has_value"),
+                                                         *[s[f].alias(f) for f in STATUS_FIELDS]))
     long = parts[0]
     for part in parts[1:]:
         long = long.unionByName(part)
@@ -133,7 +133,7 @@ def chunk_totals(rows: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
     sums = [F.sum(F.when(~F.col("ok"), 1).otherwise(0))]
     for output in spec.outputs:
         s = F.col(status_column(output.name))
-        sums += [F.sum(s[name]) for name in TOKEN_FIELDS]
+        sums += [F.sum(F.when(asked_here(s), s[name])) for name in TOKEN_FIELDS]
     values = [v or 0 for v in rows.agg(*sums).first()]
     failed, tokens, spend = values[0], 0, 0.0
     width = len(TOKEN_FIELDS)

@@ -62,7 +62,8 @@ def _comparable(spark, table: str) -> list[tuple]:
     """Everything but what differs by nature between two runs (run ids, times, latency)."""
     out = []
     for row in spark.table(table).orderBy("id").collect():
-        status = {k: v for k, v in row["answer__status"].asDict().items() if k not in ("latency_ms", "started_at")}
+        status = {k: v for k, v in row["answer__status"].asDict().items()
+                  if k not in ("latency_ms", "started_at", "asked_in")}
         out.append((row["id"], row["answer"], [round(x, 5) for x in row["vec"] or []], row["ok"],
                     tuple(sorted(status.items()))))
     return out

@@ -323,7 +323,7 @@ def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
     assert answers.schema["vec"].dataType.simpleString() == "array<float>"
     assert answers.schema["answer__status"].dataType.names == [
         "error", "error_kind", "attempts", "latency_ms", "started_at", "prompt_tokens", "completion_tokens",
-        "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited", "fingerprint"]
+        "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited", "fingerprint", "asked_in"]
     from jobs.tables import USAGE_SCHEMA
     assert [(f.name, f.dataType) for f in usage.schema] == [(f.name, f.dataType) for f in USAGE_SCHEMA]
     _tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables

@@ -129,6 +129,11 @@ def test_a_rerun_asks_only_what_changed(spark, spend_srv):
     table = {r["id"]: r for r in spark.table("sp_inc.answers").collect()}
     assert len(table) == 30 and all(table[i]["vec"] == vectors[i] for i in range(30))  # carried over
     assert table[3]["answer"] == sim.simulated_answer("Answer politely: parcel 3 is late")[0]
+    # the usage of this run is what this run asked, not the embeddings it carried over
+    usage = {r["endpoint"]: r for r in spark.table("sp_inc.usage").where(f"run_id = '{template.run_id}'").collect()}
+    assert set(usage) == {"sp-chat"} and usage["sp-chat"]["requests"] == 30
+    assert usage["sp-chat"]["prompt_tokens"] == stats["prompt_tokens"]
+    assert usage["sp-chat"]["completion_tokens"] == stats["completion_tokens"]
 
     srv.reset()
     bodies_now = [b + " (edited)" if i % 3 == 0 else b for i, b in enumerate(bodies)]
@@ -137,6 +142,10 @@ def test_a_rerun_asks_only_what_changed(spark, spend_srv):
     stats = srv.stats()
     assert rows.rows_by_category == {"new": 0, "changed": 10, "failed": 0, "unchanged": 20}
     assert stats["by_task"]["chat"] == 10 and stats["inputs_received"] - stats["by_task"]["chat"] == 10
+    usage = {r["endpoint"]: r for r in spark.table("sp_inc.usage").where(f"run_id = '{rows.run_id}'").collect()}
+    assert sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage.values()) == \
+        stats["prompt_tokens"] + stats["completion_tokens"]
+    assert {e: u["rows_answered"] for e, u in usage.items()} == {"sp-chat": 10, "sp-embed": 10}
     edited_rows = [bodies_now[i] for i in range(0, 30, 3)]
     assert set(srv.prompts()["calls"]) == {f"Answer politely: {b}" for b in edited_rows} | set(edited_rows)
     assert spark.table("sp_inc.answers").count() == 30
