@@ -25,6 +25,17 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_STOPPED = 3  # stopped cleanly by limits.max_spend at a chunk boundary: run again to answer the rest
 
 
+def _count(text: str) -> int:
+    """A row count on the command line: a whole number of at least 1 (argparse turns the error into exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jobs", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec", type=Path)
     run.add_argument("--only-failed", action="store_true",
                      help="answer again only the rows that failed in earlier runs")
-    run.add_argument("--max-rows", type=int, help="answer at most this many rows in this run")
+    run.add_argument("--max-rows", type=_count, help="answer at most this many rows in this run")
     run.add_argument("--master", help="Spark master, or sc://host:port for Spark Connect (default: the spec's, "
                                       "or local[*])")
     run.add_argument("--endpoints", type=Path, help=f"endpoint registry file (default: ${REGISTRY_ENV} or "
@@ -47,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("--sample", type=int, default=0, metavar="N",
                           help="ask N real rows per output and scale the figures by what was billed")
     estimate.add_argument("--only-failed", action="store_true")
-    estimate.add_argument("--max-rows", type=int)
+    estimate.add_argument("--max-rows", type=_count)
     estimate.add_argument("--mode", choices=MODES)
     estimate.add_argument("--master")
     estimate.add_argument("--endpoints", type=Path)
@@ -57,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="answer a stable sample of the input through each variant "
                                                   "(endpoints, prompts) and write an HTML page comparing them")
     preview.add_argument("spec", type=Path)
-    preview.add_argument("--rows", type=int, help="rows in the sample (default: the spec's preview.rows, or 20)")
+    preview.add_argument("--rows", type=_count, help="rows in the sample (default: the spec's preview.rows, or 20)")
     preview.add_argument("--endpoint", action="append", default=[], metavar="[OUTPUT=]NAME",
                          help="a variant answered by this endpoint (every output of its task, or only OUTPUT); "
                               "repeat to compare")
@@ -66,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--master")
     preview.add_argument("--endpoints", type=Path)
     demo = commands.add_parser("demo", help="start a local endpoint and run the demo job end to end")
-    demo.add_argument("--rows", type=int, default=None, help="use only the first N sample tickets")
+    demo.add_argument("--rows", type=_count, default=None, help="use only the first N sample tickets")
     demo.add_argument("--real", action="store_true", help="answer with a real model on this machine (llama.cpp's "
                                                           "llama-server with SmolLM2-135M, built on first use)")
     return parser

@@ -195,6 +195,17 @@ def test_cli_reports_a_spec_error_before_spark_starts(tmp_path):
     assert "log4j" not in done.stderr + done.stdout  # Spark never started
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["preview", "SPEC", "--rows", "-3"], "argument --rows: must be at least 1, got -3"),
+    (["preview", "SPEC", "--rows", "0"], "argument --rows: must be at least 1, got 0"),
+    (["run", "SPEC", "--max-rows", "many"], "argument --max-rows: expected a whole number, got 'many'"),
+])
+def test_row_counts_on_the_command_line_are_checked(argv, words, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_missing_column_is_reported_with_its_line(spark, job_endpoints, tmp_path):
     _tickets(spark, "jobs_f", ["x"])
     path = _write(tmp_path, BASE.replace("table: t", "table: jobs_f.tickets").replace("{body}", "{bodyy}")
