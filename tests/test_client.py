@@ -575,18 +575,20 @@ def test_json_nested_too_deeply_is_a_row_error_not_a_crash():
     assert result.error.detail == "unexpected answer (JSON nested too deeply to read)"
 
 
+async def answer_and_close(client, values, **keys):
+    """The rows' outcomes, with the client closed whatever happens."""
+    try:
+        return await answer_rows(client, values, **keys)
+    finally:
+        await client.aclose()
+
+
 def test_a_packed_call_refused_for_quota_is_not_asked_row_by_row():
     body = {"error": {"message": "no credit", "type": "insufficient_quota", "code": "insufficient_quota"}}
     script = Script(answer=status(429, body))
     client = mock_client(script, FakeTime(), task="embeddings", batch_size=4)
 
-    async def go():
-        try:
-            return await answer_rows(client, ["a", "b", "c"])
-        finally:
-            await client.aclose()
-
-    rows = run(go())
+    rows = run(answer_and_close(client, ["a", "b", "c"]))
     assert len(script.requests) == 1 and all(isinstance(r.error, QuotaExceededError) for r in rows)
 
 
@@ -595,13 +597,7 @@ def test_tokens_of_a_failed_packed_call_add_up_over_its_rows():
     client = mock_client(Script(answer=lambda request: httpx.Response(200, json=answer)), FakeTime(),
                          task="embeddings", batch_size=4)
 
-    async def go():
-        try:
-            return await answer_rows(client, ["a", "b", "c"])
-        finally:
-            await client.aclose()
-
-    rows = run(go())
+    rows = run(answer_and_close(client, ["a", "b", "c"]))
     assert all(isinstance(r.error, InvalidResponseError) for r in rows)
     assert [r.total_tokens for r in rows] == [3, 2, 2] and [r.requests for r in rows] == [1, 0, 0]
 
@@ -612,13 +608,7 @@ def test_a_conversion_error_of_any_kind_is_the_rows_error():
 
     client = mock_client(Script(), FakeTime())
 
-    async def go():
-        try:
-            return await answer_rows(client, ["a"], convert=convert)
-        finally:
-            await client.aclose()
-
-    (row,) = run(go())
+    (row,) = run(answer_and_close(client, ["a"], convert=convert))
     assert isinstance(row.error, ParseCastError) and not row.answered
     assert row.error.detail == "the answer could not be converted to the result type (RecursionError: too deep)"
 
@@ -702,12 +692,7 @@ def test_random_faults_lose_nothing(srv, transport):
     client = http_client(srv, transport, max_retries=10, max_concurrency=16)
     prompts = [f"row {i}" for i in range(120)]
 
-    async def go():
-        try:
-            return await answer_rows(client, prompts)
-        finally:
-            await client.aclose()
-    outcomes = run(go())
+    outcomes = run(answer_and_close(client, prompts))
     assert [o.value for o in outcomes] == [simulated_answer(p)[0] for p in prompts]
     assert all(o.error is None for o in outcomes)
     stats = srv.stats()
@@ -796,13 +781,7 @@ def test_requests_per_minute_budget_holds(srv):
     client = http_client(srv, requests_per_minute=1200, max_concurrency=64)  # 20/s, bursts of 2
     prompts = [f"budgeted {i}" for i in range(60)]
     started = time.monotonic()
-
-    async def go():
-        try:
-            return await answer_rows(client, prompts)
-        finally:
-            await client.aclose()
-    outcomes = run(go())
+    outcomes = run(answer_and_close(client, prompts))
     elapsed = time.monotonic() - started
     assert all(o.error is None for o in outcomes)
     stats = srv.stats()
