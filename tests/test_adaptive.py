@@ -4,14 +4,7 @@ import pytest
 
 from batch.flow import law
 from batch.flow.pace import LearnedRate as AdaptiveRate
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 def deliver(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float) -> None:

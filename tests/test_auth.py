@@ -17,6 +17,7 @@ from batch.config import EndpointConfig
 from batch.errors import CredentialError, HTTPRequestError, RateLimitError, ServerError, TransportError
 from batch.serve import ServerProcess, simulated_answer
 from batch.transport import TRANSPORTS, make_transport
+from fakes import Clock
 
 TOKEN = "tok-7f3a9c-never-show-me"
 CLIENT_ID = "sp-4471-client"
@@ -29,14 +30,6 @@ FAST = dict(max_retries=3, initial_backoff=0.01, max_backoff=0.02, timeout=10.0)
 def clean_env(monkeypatch):
     for name in (TOKEN_ENV, ID_ENV, SECRET_ENV):
         monkeypatch.delenv(name, raising=False)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def no_sleep(seconds: float) -> None:
@@ -117,7 +110,7 @@ class OAuthServer:
         return httpx.Response(200, json=chat_answer())
 
 
-def oauth_client(server: OAuthServer, clock: FakeClock | None = None, **keys) -> EndpointClient:
+def oauth_client(server: OAuthServer, clock: Clock | None = None, **keys) -> EndpointClient:
     config = EndpointConfig(name="dbx-chat", api="databricks", host="https://ws.example", task="chat",
                             client_id_env=ID_ENV, client_secret_env=SECRET_ENV, **{**FAST, **keys})
     extra = {"clock": clock} if clock is not None else {}
@@ -127,7 +120,7 @@ def oauth_client(server: OAuthServer, clock: FakeClock | None = None, **keys) ->
 def test_oauth_fetches_uses_and_refreshes_before_expiry(monkeypatch):
     monkeypatch.setenv(ID_ENV, CLIENT_ID)
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    server, clock = OAuthServer(ttl=100.0), FakeClock()
+    server, clock = OAuthServer(ttl=100.0), Clock()
     client = oauth_client(server, clock)
     assert isinstance(client.credentials, DatabricksOAuth)
 

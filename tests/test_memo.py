@@ -26,17 +26,10 @@ from batch.functions import query_column
 from batch.memo import (FILE_NAME, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
                         settings_from_env)
 from batch.serve import simulated_answer
+from fakes import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_fingerprint_is_what_is_sent(memo_chat):
 
 
 def test_age_bound_with_an_injected_clock(folder):
-    clock = Clock()
+    clock = Clock(1000.0)
     memo = HostMemo(MemoSettings(folder=str(folder), max_age_s=60), clock=clock)
     memo.store([(b"a" * 32, "old")])
     clock.now += 59
@@ -93,7 +86,7 @@ def test_age_bound_with_an_injected_clock(folder):
 
 
 def test_entry_and_byte_bounds_forget_the_oldest(folder):
-    clock = Clock()
+    clock = Clock(1000.0)
     memo = HostMemo(MemoSettings(folder=str(folder), max_entries=10, max_bytes=10_000), clock=clock)
     for i in range(25):
         clock.now += 1

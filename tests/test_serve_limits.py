@@ -10,16 +10,9 @@ import pytest
 from batch.serve import ServerProcess
 from batch.serve import limits
 from batch.serve.app import default_options
+from fakes import Clock
 
 DURATION = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+(\.\d+)?s)$")
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def options(**changes):

@@ -10,14 +10,7 @@ import pytest
 import batch.flow.shared
 from batch.flow.pace import LearnedRate as AdaptiveRate
 from batch.flow.shared import Slab, path_for
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 @pytest.fixture
