@@ -11,7 +11,7 @@ import asyncio
 import base64
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 

@@ -13,7 +13,8 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import httpx
 
@@ -133,7 +134,7 @@ class EndpointClient:
                 self.flow.refused_for(delay)
             await self._sleep(delay)
 
-    async def _attempt(self, body: bytes, expect: "_Expect") -> tuple[list[Any] | None, Usage, EndpointError | None]:
+    async def _attempt(self, body: bytes, expect: _Expect) -> tuple[list[Any] | None, Usage, EndpointError | None]:
         try:
             auth = await self.credentials.headers()
         except EndpointError as exc:  # the token endpoint failed: retried like any other attempt

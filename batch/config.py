@@ -12,7 +12,8 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ._yaml import Lines, line_of, load_yaml
 from .errors import ConfigError, UnknownEndpointError
@@ -37,8 +38,9 @@ class EndpointConfig:
     ``max_concurrency`` bounds requests in flight per Python worker process; the in-flight limit
     grows to it (slow start, Little's law) while the learned rate decides how fast requests go
     (``batch.flow``, ``docs/flow-control.md``). 1,024 lets one worker keep 1,000 requests a second
-    going at 1 s latency, and a 10 s reasoning model 100 a second. ``requests_per_minute`` / ``tokens_per_minute`` are the endpoint's
-    whole budget: the UDF layer splits it between concurrently running tasks.
+    going at 1 s latency, and a 10 s reasoning model 100 a second. ``requests_per_minute`` /
+    ``tokens_per_minute`` are the endpoint's whole budget: the UDF layer splits it between concurrently
+    running tasks.
     """
 
     name: str
@@ -87,9 +89,9 @@ class EndpointConfig:
             raise ConfigError("custom-model endpoints speak the databricks format: set api: databricks", key="task")
         for name in ("max_concurrency", "max_retries", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_retries" else 1):
-                raise ConfigError(f"{name} must be a whole number >= {0 if name == 'max_retries' else 1}, got {value!r}",
-                                  key=name)
+            least = 0 if name == "max_retries" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}", key=name)
         for name in ("timeout", "connect_timeout", "initial_backoff", "max_backoff",
                      "requests_per_minute", "tokens_per_minute"):
             value = getattr(self, name)
@@ -125,7 +127,7 @@ class EndpointConfig:
         path = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}[self.task]
         return f"{self.base_url.rstrip('/')}/{path}"
 
-    def with_overrides(self, **changes: Any) -> "EndpointConfig":
+    def with_overrides(self, **changes: Any) -> EndpointConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -175,7 +177,7 @@ class Registry:
         env = os.environ.get(REGISTRY_ENV)
         return Path(env) if env else DEFAULT_REGISTRY_PATH
 
-    def load(self, path: str | Path | None = None) -> "Registry":
+    def load(self, path: str | Path | None = None) -> Registry:
         """(Re)read the file; an explicit path or ``$BATCH_ENDPOINTS`` must exist, the default may not."""
         with self._lock:
             if path:

@@ -14,7 +14,8 @@ import asyncio
 import collections
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from .client import CallResult, EndpointClient
 from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError

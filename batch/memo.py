@@ -27,7 +27,8 @@ import time
 import uuid
 from array import array
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from .config import EndpointConfig
 from .engine import RowOutcome, answer_rows

@@ -13,7 +13,8 @@ import concurrent.futures
 import gc
 import os
 import threading
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Coroutine
 
 from .client import EndpointClient
 from .config import EndpointConfig

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, Tuple
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -148,7 +149,7 @@ def cosines(outcomes: list[RowOutcome]) -> pd.Series:
 def similarity_udf(spec: QuerySpec, share: float, name: str = "ai_similarity"):
     remember = settings_from_env()  # read here, on the driver: see MemoSettings
 
-    def run(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+    def run(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
         runtime = worker_runtime()
         client = runtime.client(spec.endpoint, share)
         memo = Memo()

@@ -18,14 +18,14 @@ thread on every request, and it ignores ``ALL_PROXY``, ``https://`` proxies and 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ipaddress
 import ssl
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Awaitable, Mapping
+from typing import Any
+from collections.abc import Awaitable, Mapping
 
 import aiohttp
 import httpx
@@ -152,7 +152,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                                        allow_redirects=False, proxy=proxy and proxy.url,
                                        proxy_headers=proxy and proxy.headers) as resp:
                 return resp, await resp.read()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise httpx.ReadTimeout(f"timed out: {exc}", request=request) from None
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(f"cannot connect: {exc.os_error or exc}", request=request) from None

@@ -13,7 +13,8 @@ import datetime as dt
 import decimal
 import json
 import re
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from pyspark.sql import types as T
@@ -253,7 +254,7 @@ def field_caster(field: str, data_type: T.DataType, choices: Sequence[str], endp
     return pick
 
 
-def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # noqa: C901 - one branch per type
+def _converter(data_type: T.DataType) -> Callable[[Any], Any]:  # one branch per type
     if isinstance(data_type, T.StringType):
         return lambda v: v if v is None or isinstance(v, str) else _compact(v)
     if isinstance(data_type, T.BooleanType):
@@ -310,7 +311,7 @@ class _JsonNumber(float):
 
     __slots__ = ("text",)
 
-    def __new__(cls, text: str) -> "_JsonNumber":
+    def __new__(cls, text: str) -> _JsonNumber:
         number = super().__new__(cls, text)
         number.text = text
         return number
@@ -404,7 +405,7 @@ def _timestamp(v: Any, zoned: bool) -> dt.datetime:
     """Seconds since the epoch for a number (as from_json), else ISO 8601 text; text without a zone is in
     the session's time zone, which is how Spark reads a naive Python datetime too."""
     if zoned and isinstance(v, int) and not isinstance(v, bool):
-        return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=v)
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=v)
     m = _TIMESTAMP.match(_text(v))
     if not m:
         raise ValueError(f"{_compact(v)} is not a timestamp (yyyy-mm-ddThh:mm:ss[.ffffff][zone])")
@@ -420,7 +421,7 @@ def _timestamp(v: Any, zoned: bool) -> dt.datetime:
 
 def _zone(text: str) -> dt.timezone:
     if text.upper() in ("Z", "UTC", "GMT"):
-        return dt.timezone.utc
+        return dt.UTC
     sign = -1 if text[0] == "-" else 1
     digits = text[1:].replace(":", "")
     hours, minutes = (int(digits[:-2]), int(digits[-2:])) if len(digits) > 2 else (int(digits), 0)

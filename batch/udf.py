@@ -15,7 +15,8 @@ caller takes its element ``[0]``: see ``wraps_result`` and ``result_column``.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa

@@ -51,7 +51,7 @@ class Usage:
     cached_tokens: int = 0
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "Usage":
+    def from_body(cls, body: Mapping[str, Any]) -> Usage:
         raw = body.get("usage")
         if not isinstance(raw, Mapping):
             return cls()
@@ -63,7 +63,7 @@ class Usage:
         return cls(prompt, completion, total, min(reasoning, completion) if completion else reasoning,
                    min(cached, prompt) if prompt else cached)
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.total_tokens += other.total_tokens

@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from batch.client import EndpointClient  # noqa: E402
-from batch.config import EndpointConfig  # noqa: E402
-from batch.engine import answer_rows  # noqa: E402
-from batch.serve import ServerProcess, simulated_answer  # noqa: E402
-from batch.transport import TRANSPORTS, make_transport  # noqa: E402
+from batch.client import EndpointClient
+from batch.config import EndpointConfig
+from batch.engine import answer_rows
+from batch.serve import ServerProcess, simulated_answer
+from batch.transport import TRANSPORTS, make_transport
 
 
 def prompts(count: int, tag: str) -> list[str]:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyspark.sql import functions as F  # noqa: E402
+from pyspark.sql import functions as F
 
-import batch  # noqa: E402
-from batch.serve import ServerProcess  # noqa: E402
-from batch.session import local_session  # noqa: E402
+import batch
+from batch.serve import ServerProcess
+from batch.session import local_session
 
 
 def _children() -> dict[int, list[int]]:

@@ -33,15 +33,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
+import pandas as pd
+from pyspark.sql import functions as F
 
-import batch  # noqa: E402
-from batch.client import EndpointClient  # noqa: E402
-from batch.config import EndpointConfig  # noqa: E402
-from batch.engine import answer_rows  # noqa: E402
-from batch.serve import ServerProcess  # noqa: E402
-from batch.session import local_session  # noqa: E402
+import batch
+from batch.client import EndpointClient
+from batch.config import EndpointConfig
+from batch.engine import answer_rows
+from batch.serve import ServerProcess
+from batch.session import local_session
 
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -6,6 +6,6 @@ import sys
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.cli import main  # noqa: E402
+from jobs.cli import main
 
 sys.exit(main())

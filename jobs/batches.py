@@ -20,7 +20,8 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import httpx
@@ -166,7 +167,8 @@ def _submitter(spec: JobSpec, output: OutputSpec, group: str, skip_parts: frozen
                 body = request_body(config, [value], params, response_format)
                 line = (json.dumps({"custom_id": custom_id, "method": "POST", "url": path, "body": body},
                                    ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-                if lines and (len(lines) >= limits.max_requests_per_file or size + len(line) > limits.max_bytes_per_file):
+                full = len(lines) >= limits.max_requests_per_file or size + len(line) > limits.max_bytes_per_file
+                if lines and full:
                     flush()
                 lines.append(line)
                 size += len(line)

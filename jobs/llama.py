@@ -189,7 +189,7 @@ class LlamaServer:
             command.append("--metrics")
         return command
 
-    def start(self) -> "LlamaServer":
+    def start(self) -> LlamaServer:
         if self._proc is not None:
             return self
         if not installed():
@@ -236,7 +236,7 @@ class LlamaServer:
         if proc is not None:
             stop_process(proc, self._reader)
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> LlamaServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,7 +11,8 @@ import json
 import math
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 __all__ = ["cell", "document", "money", "show_value", "table", "text", "write_page"]
 

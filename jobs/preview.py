@@ -13,7 +13,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -372,7 +373,8 @@ def render_html(preview: Preview) -> str:
                         "-" if s["p95"] is None else f"{s['p95']:,.0f}", f"{s['tokens']:,}",
                         f"{p.requests:,.0f}", f"{p.tokens:,.0f}", page.money(p.cost),
                         page.text(svg.fmt_seconds(p.seconds)),
-                        page.text("; ".join(p.bounds) + (f" (no price: {', '.join(p.unpriced)})" if p.unpriced else ""))])
+                        page.text("; ".join(p.bounds)
+                                  + (f" (no price: {', '.join(p.unpriced)})" if p.unpriced else ""))])
     charts = [
         svg.bar_chart(names, [svg.Series("cost", [p.cost or 0.0 for p in preview.projections.values()])],
                       title="Projected cost, whole table (USD)", y_label="US dollars", y_format=_dollars,

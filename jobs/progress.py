@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from typing import TextIO
+from collections.abc import Callable
 
 __all__ = ["Progress"]
 
@@ -27,7 +28,7 @@ class Progress:
         self._lock = threading.Lock()
 
     @classmethod
-    def quiet(cls) -> "Progress":
+    def quiet(cls) -> Progress:
         return cls(live=False)
 
     def start(self, total: int) -> None:

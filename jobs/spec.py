@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from batch._yaml import Lines, line_of, load_yaml
 from batch.arguments import QuerySpec, build_spec
@@ -217,7 +218,7 @@ def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None) -> 
         prices=top.get("prices") and c.text(top["prices"], "prices"), lines=lines or {})
 
 
-def _execution(c: _Checker, raw: Any, outputs: tuple["OutputSpec", ...]) -> Execution:
+def _execution(c: _Checker, raw: Any, outputs: tuple[OutputSpec, ...]) -> Execution:
     """``execution: batch`` or a mapping with ``mode`` and the batch settings."""
     if raw is None:
         return Execution()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from html import escape
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["PALETTE", "Series", "bar_chart", "fmt_number", "fmt_seconds", "line_chart", "nice_ticks",
            "range_bars"]
@@ -110,7 +110,8 @@ class _Frame:
                f'viewBox="0 0 {self.width} {self.height}" font-family="{escape(FONT)}" font-size="11" role="img">',
                f'<title>{escape(self.title)}</title>',
                f'<rect width="{self.width}" height="{self.height}" fill="#fff"/>',
-               f'<text x="{self.left}" y="18" font-size="13" font-weight="600" fill="{INK}">{escape(self.title)}</text>']
+               f'<text x="{self.left}" y="18" font-size="13" font-weight="600" fill="{INK}">'
+               f'{escape(self.title)}</text>']
         for tick in self.y_ticks:
             y = self.y(tick)
             out.append(f'<line x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')

@@ -14,8 +14,8 @@ from pyspark.sql import types as T
 
 from batch.engine import ROW_RECORD
 
-__all__ = ["STATUS_FIELDS", "asked_here", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append", "recover", "rewrite_without",
-           "status_column"]
+__all__ = ["STATUS_FIELDS", "asked_here", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append",
+           "recover", "rewrite_without", "status_column"]
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
 # then the per-row record as ``batch.engine.ROW_RECORD`` defines it.

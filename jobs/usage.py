@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -47,7 +48,8 @@ class Price:
                                                   else self.input * BATCH_DISCOUNT)
         plain_out = self.output if not batch else (self.batch_output if self.batch_output is not None
                                                     else self.output * BATCH_DISCOUNT)
-        scale_in, scale_out = plain_in / self.input if self.input else 1.0, plain_out / self.output if self.output else 1.0
+        scale_in = plain_in / self.input if self.input else 1.0
+        scale_out = plain_out / self.output if self.output else 1.0
         cached_rate = plain_in if self.cached_input is None else self.cached_input * scale_in
         reasoning_rate = plain_out if self.reasoning is None else self.reasoning * scale_out
         cached = min(cached_tokens, prompt_tokens)

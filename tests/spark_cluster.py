@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -126,7 +127,7 @@ class StandaloneCluster:
                 [str(spark_home() / "bin" / "spark-class"), *args], env=env, cwd=str(self.workdir),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
 
-    def start(self, wait: bool = True) -> "StandaloneCluster":
+    def start(self, wait: bool = True) -> StandaloneCluster:
         """Start the master, wait for it, launch the workers; with ``wait``, also wait until they joined.
 
         Without ``wait`` a client can start its driver while the workers boot (call ``wait_workers``).
@@ -180,7 +181,7 @@ class StandaloneCluster:
             _stop_process(proc)
         self._procs.clear()
 
-    def __enter__(self) -> "StandaloneCluster":
+    def __enter__(self) -> StandaloneCluster:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -230,7 +231,7 @@ class ConnectServer:
     def logs(self) -> str:
         return "\n".join(f"--- {log.name}\n{_tail(log, 60)}" for log in sorted((self.workdir / "logs").glob("*")))
 
-    def start(self) -> "ConnectServer":
+    def start(self) -> ConnectServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = ["--master", self.master]
         for key, value in self.conf.items():
@@ -271,7 +272,7 @@ class ConnectServer:
             except ProcessLookupError:
                 pass
 
-    def __enter__(self) -> "ConnectServer":
+    def __enter__(self) -> ConnectServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,7 +14,6 @@ import threading
 import aiohttp
 import pytest
 from aiohttp import web
-from pyspark.sql import functions as F
 
 from batch import ai_query
 from batch.arguments import normalize_response_format

@@ -112,7 +112,7 @@ def test_batch_mode_is_refused_for_endpoints_without_the_batch_api(batch_srv):
         parse_spec(_spec("bm_x", {"mode": "batch", "max_requests_per_file": 60000}))
 
 
-# ---------------------------------------------------------------- 120,000 rows, killed between submission and completion
+# -------------------------------------------------------- 120,000 rows, killed between submission and completion
 
 def _job(spec_path: Path, endpoints: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))

@@ -12,7 +12,6 @@ import decimal
 import json
 
 import pytest
-from pyspark.sql import types as T
 
 import batch
 from batch.arguments import build_spec
@@ -56,7 +55,7 @@ def _ours(ddl: str, value: str):
         return False, None
     got = row["a"]
     if isinstance(got, dt.datetime) and got.tzinfo is not None:
-        got = got.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        got = got.astimezone(dt.UTC).replace(tzinfo=None)
     return True, got.tolist() if hasattr(got, "tolist") else got
 
 

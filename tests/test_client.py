@@ -117,7 +117,8 @@ def test_answer_usage_and_request():
     assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (5, 7, 12)
     [request] = script.requests
     assert request.method == "POST" and str(request.url) == MOCK_URL + "/chat/completions"
-    assert json.loads(request.content) == {"model": "gpt-x", "messages": [{"role": "user", "content": "What is Spark?"}],
+    assert json.loads(request.content) == {"model": "gpt-x",
+                                           "messages": [{"role": "user", "content": "What is Spark?"}],
                                            "max_tokens": 16, "temperature": 0.1}
     assert request.headers["content-type"] == "application/json"
     assert request.headers["host"] == "mock.test"
@@ -216,7 +217,8 @@ def test_unreadable_200_exhausted():
     (400, {"error": {"message": "This model's maximum context length is 8192 tokens", "type": "invalid_request_error",
                      "code": "context_length_exceeded"}},
      "context_length_exceeded: This model's maximum context length is 8192 tokens"),
-    (401, {"error": {"message": "Incorrect API key provided", "type": "authentication_error", "code": "invalid_api_key"}},
+    (401, {"error": {"message": "Incorrect API key provided", "type": "authentication_error",
+                     "code": "invalid_api_key"}},
      "invalid_api_key: Incorrect API key provided"),
     (403, {"error_code": "PERMISSION_DENIED", "message": "no access to endpoint"},
      "PERMISSION_DENIED: no access to endpoint"),

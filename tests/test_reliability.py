@@ -184,7 +184,7 @@ class SpreadCluster(StandaloneCluster):
     only on a host other than the one already running the task, so one address for all would never speculate
     (nor does local mode, at all)."""
 
-    def start(self) -> "SpreadCluster":
+    def start(self) -> SpreadCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = spark_env(self.workdir, {"SPARK_DAEMON_MEMORY": "256m"})
         try:

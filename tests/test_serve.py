@@ -604,7 +604,7 @@ def test_json_schema_covers_every_property_and_varies():
 
 def test_simulator_is_stable_across_processes():
     code = ("import json; from batch.serve.simulate import *; print(json.dumps([simulated_embedding('z', 8), "
-            "simulated_json('z', {'type': 'json_schema', 'json_schema': {'schema': %r}})]))" % SCHEMAS[1])
+            f"simulated_json('z', {{'type': 'json_schema', 'json_schema': {{'schema': {SCHEMAS[1]!r}}}}})]))")
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": root}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

@@ -33,7 +33,8 @@ def test_parse_ddl(text, expected):
 
 @pytest.mark.parametrize("text,needle", [
     ("STRUCT<a INT", "expected '>' but the text ended"), ("ARRAY<WIDGET>", "unknown type 'widget' at position 6"),
-    ("a INT, a STRING", "duplicate field names"), ("", "must be a DDL type string"), (None, "must be a DDL type string"),
+    ("a INT, a STRING", "duplicate field names"), ("", "must be a DDL type string"),
+    (None, "must be a DDL type string"),
     ("INT extra", "unexpected 'extra'"), ("yaml", "unknown type 'yaml'"), ("a WIDGET", "unknown type 'widget'"),
 ])
 def test_parse_ddl_errors(text, needle):
@@ -62,7 +63,7 @@ def test_json_schema_is_strict():
     ("BIGINT", "9007199254740993", 9007199254740993), ("DOUBLE", "1", 1.0),
     ("DECIMAL(5,2)", "1.25", decimal.Decimal("1.25")), ("BOOLEAN", "true", True), ("INT", "null", None),
     ("DATE", '"2024-02-03"', dt.date(2024, 2, 3)),
-    ("TIMESTAMP", '"2024-01-02T03:04:05Z"', dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)),
+    ("TIMESTAMP", '"2024-01-02T03:04:05Z"', dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
     ("ARRAY<INT>", "[1, null, 3]", [1, None, 3]), ("MAP<STRING, INT>", '{"a": 1}', {"a": 1}),
     ("MAP<INT, STRING>", '{"1": "x"}', {1: "x"}),
     ("a INT, b STRING", '{"a": 1, "extra": true}', {"a": 1, "b": None}),

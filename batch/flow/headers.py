@@ -16,7 +16,8 @@ import email.utils
 import math
 import re
 import time
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
+from collections.abc import Mapping
 
 __all__ = ["MAX_RETRY_AFTER", "parse_retry_after", "parse_duration", "Budget", "budget_from"]
 

@@ -16,7 +16,7 @@ as one client, and a second job on the endpoint starts from it (see ``restart``)
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import law
 from .rate import after, book

@@ -10,7 +10,7 @@ for the learned rate whose state lives in shared cells (``batch.flow.pace``).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["RateBudget", "Clock", "after", "book"]
 
@@ -21,7 +21,7 @@ def book(paid_until: float, now: float, amount: float, rate: float, burst: float
     """One reservation: the new ``paid_until`` and how long the caller must wait before using ``amount``."""
     paid_until = max(paid_until, now) + amount / rate
     wait = paid_until - burst / rate - now
-    return paid_until, (wait if wait > 1e-9 else 0.0)  # float dust inside the burst is not worth a trip through the loop
+    return paid_until, (wait if wait > 1e-9 else 0.0)  # float dust: not worth a trip through the loop
 
 
 def after(moment: float, rate: float, burst: float) -> float:

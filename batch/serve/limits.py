@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 __all__ = ["PROFILES", "OPTIONS", "Limiter", "Refusal", "TokenBucket", "build", "format_duration", "request_cost",
            "retry_headers"]

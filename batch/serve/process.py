@@ -66,7 +66,7 @@ class ServerProcess:
         self._reader: threading.Thread | None = None
         self._returncode: int | None = None
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         if self._proc is not None:
             return self
         self._proc = subprocess.Popen(
@@ -141,7 +141,7 @@ class ServerProcess:
         if proc is not None:
             self._returncode = stop_process(proc, self._reader)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
