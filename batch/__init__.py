@@ -9,9 +9,9 @@ from .errors import (BatchError, ConfigError, CredentialError, EndpointError, HT
                      InvalidModelParametersError, InvalidRequestTypeError, InvalidResponseError, ParseCastError,
                      RateLimitError, ServerError, TransportError, UnknownEndpointError,
                      UnsupportedResponseFormatError)
-from .functions import ai_query
-from .sql import register, sql
-from .tasks import (ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask, ai_similarity,
+from ._functions import ai_query
+from ._sql import register, sql
+from ._tasks import (ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask, ai_similarity,
                     ai_summarize, ai_translate)
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 A registry entry holds *names* of credential variables, never their values, so an
 ``EndpointConfig`` can travel inside a Spark plan or a pickled UDF without leaking
-anything. Values are read where requests are sent (see ``batch.auth``).
+anything. Values are read where requests are sent (see ``batch._auth``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class EndpointConfig:
     ``return_type`` is a custom model's known output type (DDL), so calls need not repeat it.
     ``max_concurrency`` bounds requests in flight per Python worker process; the in-flight limit
     grows to it (slow start, Little's law) while the learned rate decides how fast requests go
-    (``batch.flow``, ``docs/flow-control.md``). 1,024 lets one worker keep 1,000 requests a second
+    (``batch._flow``, ``docs/flow-control.md``). 1,024 lets one worker keep 1,000 requests a second
     going at 1 s latency, and a 10 s reasoning model 100 a second. ``requests_per_minute`` /
     ``tokens_per_minute`` are the endpoint's whole budget: the UDF layer splits it between concurrently
     running tasks.

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp
 
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
-from batch.engine import answer_rows
+from batch._engine import answer_rows
 from batch.serve import ServerProcess, simulated_answer
-from batch.transport import TRANSPORTS, make_transport
+from batch._transport import TRANSPORTS, make_transport
 
 
 def prompts(count: int, tag: str) -> list[str]:

@@ -4,7 +4,7 @@ Starts ``batch.serve`` (with latency) and a Spark standalone cluster on loopback
 ``--workers`` workers of ``--cores`` cores, from PySpark's own launcher), then runs one
 ``ai_query`` over ``--rows`` distinct prompts against an endpoint whose whole budget is
 ``--rpm`` requests per minute. Nobody divides that budget by hand: the column splits it by the
-cluster's task slots (``batch.functions.task_slots``). The server counts requests per second;
+cluster's task slots (``batch._functions.task_slots``). The server counts requests per second;
 this prints the achieved rate against the budget and the busiest second.
 
     python benchmarks/cluster_rate.py [--rows 3000] [--rpm 6000] [--latency-ms 40] [--workers 2] [--cores 1]
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         from pyspark.sql import functions as F
 
         import batch
-        from batch.functions import SLOTS_CONF, task_slots
+        from batch._functions import SLOTS_CONF, task_slots
 
         spark = (SparkSession.builder.master(cluster.master_url).appName("cluster-rate")
                  .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 import batch
 from batch.serve import ServerProcess
-from batch.session import local_session
+from batch._session import local_session
 
 
 def _children() -> dict[int, list[int]]:

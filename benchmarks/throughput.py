@@ -37,11 +37,11 @@ import pandas as pd
 from pyspark.sql import functions as F
 
 import batch
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
-from batch.engine import answer_rows
+from batch._engine import answer_rows
 from batch.serve import ServerProcess
-from batch.session import local_session
+from batch._session import local_session
 
 CLK = os.sysconf("SC_CLK_TCK")
 

@@ -32,13 +32,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from batch.auth import BearerToken
-from batch.client import CallResult, _Expect, _read_reply
+from batch._auth import BearerToken
+from batch._client import CallResult, _Expect, _read_reply
 from batch.config import EndpointConfig
-from batch.engine import _outcome
+from batch._engine import _outcome
 from batch.errors import InvalidResponseError
-from batch.udf import arrow_type, output_type, rows_to_frame
-from batch.wire import Usage, request_body
+from batch._udf import arrow_type, output_type, rows_to_frame
+from batch._wire import Usage, request_body
 
 from . import tables
 from .spec import JobSpec, OutputSpec

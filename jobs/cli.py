@@ -100,7 +100,7 @@ def session_for(spec: JobSpec, master: str | None = None):
         for key, value in spec.spark_conf.items():
             spark.conf.set(key, value)
         return spark
-    from batch.session import local_session
+    from batch._session import local_session
 
     return local_session(master or spec.master, spec.warehouse, app_name=spec.name, extra=dict(spec.spark_conf))
 

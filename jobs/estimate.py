@@ -24,7 +24,7 @@ from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
 from batch.config import EndpointConfig
-from batch.functions import query_column
+from batch._functions import query_column
 
 from .spec import JobSpec, OutputSpec
 from .usage import Price, load_prices, price_for
@@ -158,7 +158,7 @@ def _count_column(output: OutputSpec, tokenizer: Tokenizer, request: Any):
     overhead = CHAT_OVERHEAD if tokenizer.kind == "cl100k" and query.endpoint.task == "chat" else 0
 
     def count(batch):  # a Series, or a DataFrame for a STRUCT request (no hints: pandas_udf reads them)
-        from batch.udf import request_values
+        from batch._udf import request_values
         counter = tokenizer.counter()
         return pd.Series([None if v is None else counter(_text_of(v)) + overhead
                           for v in request_values(batch, query)], dtype="Int64")

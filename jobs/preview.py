@@ -21,9 +21,9 @@ from pyspark.sql import functions as F
 
 from batch._yaml import Lines, load_yaml
 from batch.config import registry
-from batch.engine import ROW_RECORD
+from batch._engine import ROW_RECORD
 from batch.errors import ConfigError
-from batch.functions import query_column, task_slots
+from batch._functions import query_column, task_slots
 
 from . import page, svg
 from .runner import _check_input, read_input, request_column

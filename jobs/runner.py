@@ -29,11 +29,11 @@ import pandas as pd
 from pyspark.sql.functions import pandas_udf
 
 from batch.errors import ConfigError
-from batch.engine import ROW_RECORD
-from batch.functions import query_column, task_slots
-from batch.memo import body_digest
-from batch.udf import request_values
-from batch.wire import request_body
+from batch._engine import ROW_RECORD
+from batch._functions import query_column, task_slots
+from batch._memo import body_digest
+from batch._udf import request_values
+from batch._wire import request_body
 
 from . import tables
 from .progress import Progress

@@ -14,7 +14,7 @@ from typing import Any
 from collections.abc import Mapping
 
 from batch._yaml import Lines, line_of, load_yaml
-from batch.arguments import QuerySpec, build_spec
+from batch._arguments import QuerySpec, build_spec
 from batch.config import registry
 from batch.errors import (ConfigError, InvalidModelParametersError, UnknownEndpointError,
                           UnsupportedResponseFormatError)

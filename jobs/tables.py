@@ -12,13 +12,13 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from batch.engine import ROW_RECORD
+from batch._engine import ROW_RECORD
 
 __all__ = ["STATUS_FIELDS", "asked_here", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensure_database", "table_exists", "append",
            "recover", "rewrite_without", "status_column"]
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
-# then the per-row record as ``batch.engine.ROW_RECORD`` defines it.
+# then the per-row record as ``batch._engine.ROW_RECORD`` defines it.
 # ``fingerprint`` is what was asked (see ``jobs.runner.fingerprint_column``), so a rerun knows what changed.
 # ``asked_in``: the run that asked the output. A run that keeps an earlier answer (resume, incremental) carries
 # its status as it was, so that answer's cost stays with the run that paid for it: see ``asked_here``.

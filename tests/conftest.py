@@ -39,7 +39,7 @@ def srv(server):
 def spark(tmp_path_factory):
     if not JAVA:
         pytest.skip("java is not installed: Spark tests need a JDK (17 or 21)")
-    from batch.session import local_session
+    from batch._session import local_session
     session = local_session("local[2]", tmp_path_factory.mktemp("warehouse"), app_name="tests")
     yield session
     session.stop()

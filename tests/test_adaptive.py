@@ -2,8 +2,8 @@
 
 import pytest
 
-from batch.flow import law
-from batch.flow.pace import LearnedRate as AdaptiveRate
+from batch._flow import law
+from batch._flow.pace import LearnedRate as AdaptiveRate
 from fakes import Clock
 
 

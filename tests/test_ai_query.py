@@ -12,13 +12,13 @@ from pyspark.sql import types as T
 
 import batch
 from batch import ai_query
-from batch.arguments import build_spec
-from batch.client import pace_key
+from batch._arguments import build_spec
+from batch._client import pace_key
 from batch.config import registry
-from batch.flow.pace import LearnedRate
+from batch._flow.pace import LearnedRate
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
-from batch.types import to_json_schema, parse_ddl
-from batch.udf import make_udf
+from batch._types import to_json_schema, parse_ddl
+from batch._udf import make_udf
 
 pytestmark = pytest.mark.spark
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from batch import ai_query
-from batch.arguments import normalize_response_format
+from batch._arguments import normalize_response_format
 from batch.config import registry
 from batch.errors import InvalidModelParametersError
 from batch.serve import simulate as sim

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import Row
 from pyspark.sql import types as T
 
-from batch.arguments import build_spec, check_model_parameters, normalize_response_format
+from batch._arguments import build_spec, check_model_parameters, normalize_response_format
 from batch.config import EndpointConfig
 from batch.errors import (ConfigError, InvalidModelParametersError, ParseCastError,
                           UnsupportedResponseFormatError)

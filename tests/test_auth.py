@@ -11,12 +11,12 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from batch.auth import BearerToken, DatabricksOAuth, NoCredentials, credentials_for
-from batch.client import EndpointClient
+from batch._auth import BearerToken, DatabricksOAuth, NoCredentials, credentials_for
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
 from batch.errors import CredentialError, HTTPRequestError, RateLimitError, ServerError, TransportError
 from batch.serve import ServerProcess, simulated_answer
-from batch.transport import TRANSPORTS, make_transport
+from batch._transport import TRANSPORTS, make_transport
 from fakes import Clock
 
 TOKEN = "tok-7f3a9c-never-show-me"

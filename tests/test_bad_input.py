@@ -29,9 +29,9 @@ from pyspark.sql import functions as F
 
 import batch
 from batch import ai_query
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import registry
-from batch.engine import answer_rows
+from batch._engine import answer_rows
 from batch.errors import ConfigError
 from batch.serve import simulated_answer, simulated_embedding
 from jobs.runner import run_job

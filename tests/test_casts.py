@@ -14,13 +14,13 @@ import json
 import pytest
 
 import batch
-from batch.arguments import build_spec
+from batch._arguments import build_spec
 from batch.config import registry
-from batch.engine import RowOutcome
+from batch._engine import RowOutcome
 from batch.errors import EndpointError, ParseCastError
 from batch.serve.simulate import simulated_json
-from batch.types import caster, parse_ddl
-from batch.udf import rows_to_frame
+from batch._types import caster, parse_ddl
+from batch._udf import rows_to_frame
 
 FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 

@@ -12,14 +12,14 @@ import time
 import httpx
 import pytest
 
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
-from batch.engine import answer_rows
+from batch._engine import answer_rows
 from batch.errors import (HTTPRequestError, InvalidResponseError, NoAnswerError, ParseCastError, QuotaExceededError,
                           RateLimitError, ServerError, TransportError)
-from batch.flow.law import FIRST_PROBE_GAP
+from batch._flow.law import FIRST_PROBE_GAP
 from batch.serve import ServerProcess, simulated_answer
-from batch.transport import TRANSPORTS, make_transport
+from batch._transport import TRANSPORTS, make_transport
 
 MOCK_URL = "http://mock.test/v1"
 
@@ -450,10 +450,10 @@ def test_cancelled_batch_cancels_every_call_and_gives_every_slot_back():
 
 
 def test_retries_are_logged_at_debug(caplog):
-    caplog.set_level(logging.DEBUG, logger="batch.client")
+    caplog.set_level(logging.DEBUG, logger="batch._client")
     t = FakeTime()
     call(mock_client(Script(status(503, {"error": {"message": "busy"}})), t))
-    [record] = [r for r in caplog.records if r.name == "batch.client"]
+    [record] = [r for r in caplog.records if r.name == "batch._client"]
     assert record.levelno == logging.DEBUG
     assert "retrying mock-chat" in record.getMessage() and "busy" in record.getMessage()
 

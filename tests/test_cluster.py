@@ -188,7 +188,7 @@ def cluster_client(master: str, spec: str, endpoints: str, server: str) -> dict:
     from pyspark.sql import functions as F
 
     import batch
-    from batch.functions import task_slots
+    from batch._functions import task_slots
     from jobs.cli import main
 
     started = time.monotonic()

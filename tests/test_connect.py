@@ -141,7 +141,7 @@ class _RemoteSession:
     ({}, None, 1),
 ])
 def test_task_slots_without_a_spark_context(conf, splits, slots):
-    from batch.functions import rate_share, task_slots
+    from batch._functions import rate_share, task_slots
     from batch.config import EndpointConfig
 
     session = _RemoteSession(conf, splits)
@@ -153,7 +153,7 @@ def test_task_slots_without_a_spark_context(conf, splits, slots):
 
 def test_local_session_in_a_connect_client_says_what_to_use(monkeypatch):
     from batch.errors import ConfigError
-    from batch.session import local_session
+    from batch._session import local_session
 
     monkeypatch.setenv("SPARK_REMOTE", "sc://127.0.0.1:1")
     with pytest.raises(ConfigError, match=r"Spark Connect client: use SparkSession\.builder\.remote"):
@@ -168,7 +168,7 @@ def connect_client(url: str, spec: str, endpoints: str, server: str) -> dict:
     from pyspark.sql import functions as F
 
     import batch
-    from batch.functions import SLOTS_CONF, task_slots
+    from batch._functions import SLOTS_CONF, task_slots
     from jobs.cli import main
 
     started = time.monotonic()

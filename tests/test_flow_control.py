@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from batch.flow import ConcurrencyLimit, FlowControl, RateBudget
+from batch._flow import ConcurrencyLimit, FlowControl, RateBudget
 
 
 class FakeTime:

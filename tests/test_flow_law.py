@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batch.flow import law
-from batch.flow.headers import budget_from, parse_duration
+from batch._flow import law
+from batch._flow.headers import budget_from, parse_duration
 
 
 @pytest.mark.parametrize("rate,ceiling,measured,streak,stated,expected", [

@@ -19,11 +19,11 @@ import pytest
 from pyspark.sql import functions as F
 
 import batch
-from batch.arguments import build_spec
-from batch.client import EndpointClient
+from batch._arguments import build_spec
+from batch._client import EndpointClient
 from batch.config import registry
-from batch.functions import query_column
-from batch.memo import (FILE_NAME, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
+from batch._functions import query_column
+from batch._memo import (FILE_NAME, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
                         settings_from_env)
 from batch.serve import simulated_answer
 from fakes import Clock
@@ -257,7 +257,7 @@ KILLED_TASK = textwrap.dedent("""
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
     import batch
-    from batch.session import local_session
+    from batch._session import local_session
 
     url, warehouse, out = sys.argv[1], sys.argv[2], sys.argv[3]
     batch.add_endpoint("kill-chat", api="openai", base_url=url + "/v1", max_retries=2, initial_backoff=0.01)

@@ -17,7 +17,7 @@ from batch import ai_query
 from batch.config import EndpointConfig, registry
 from batch.errors import ConfigError, InvalidModelParametersError
 from batch.serve.simulate import REFUSAL, simulated_answer, simulated_json
-from batch.wire import NoAnswer, Usage, parse_answer, request_body
+from batch._wire import NoAnswer, Usage, parse_answer, request_body
 
 CONFIG = EndpointConfig("resp", api="responses", base_url="http://127.0.0.1:1/v1", model="gpt-test")
 TRIAGE = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {
@@ -84,7 +84,7 @@ def test_the_flavour_is_checked_when_the_entry_is_made():
     with pytest.raises(ConfigError, match="needs base_url"):
         EndpointConfig("e", api="responses")
     with pytest.raises(InvalidModelParametersError, match="'n' is not a Responses API parameter"):
-        batch.arguments.check_model_parameters(CONFIG, {"n": 2})
+        batch._arguments.check_model_parameters(CONFIG, {"n": 2})
 
 
 def test_the_openai_client_reads_the_servers_responses(srv):

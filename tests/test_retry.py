@@ -9,7 +9,7 @@ import pytest
 
 from batch.errors import (EndpointError, HTTPRequestError, InvalidResponseError, ParseCastError, QuotaExceededError,
                           RateLimitError, ServerError, TransportError, status_error)
-from batch.retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after, retry_delay, should_retry
+from batch._retry import MAX_RETRY_AFTER, RetryPolicy, parse_retry_after, retry_delay, should_retry
 
 NOW = 1_700_000_000.0  # a fixed wall clock for HTTP dates
 

@@ -21,7 +21,7 @@ import pytest
 
 import batch
 from batch import ai_query
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
 from jobs.runner import run_job
 from jobs.spec import parse_spec

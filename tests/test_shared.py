@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-import batch.flow.shared
-from batch.flow.pace import LearnedRate as AdaptiveRate
-from batch.flow.shared import Slab, path_for
+import batch._flow.shared
+from batch._flow.pace import LearnedRate as AdaptiveRate
+from batch._flow.shared import Slab, path_for
 from fakes import Clock
 
 
@@ -47,7 +47,7 @@ def test_a_file_of_another_layout_is_laid_out_afresh(key):
 def test_no_writable_directory_means_a_private_pace(key, tmp_path, monkeypatch):
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    monkeypatch.setattr(batch.flow.shared, "shared_dir", lambda: blocked / "sub")
+    monkeypatch.setattr(batch._flow.shared, "shared_dir", lambda: blocked / "sub")
     slab = Slab(4, key)
     assert not slab.shared
     slab.values[1] = 3.0  # still usable

@@ -10,7 +10,7 @@ import pytest
 
 from batch.config import registry
 from batch.serve import simulate as sim
-from batch.wire import Usage
+from batch._wire import Usage
 from jobs.cli import summary
 from jobs.estimate import describe, estimate_job
 from jobs.runner import run_job

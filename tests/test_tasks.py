@@ -12,7 +12,7 @@ from pyspark.sql import types as T
 import batch
 from batch import (ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask, ai_similarity,
                    ai_summarize, ai_translate)
-from batch import tasks
+from batch import _tasks as tasks
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json
 
 pytestmark = pytest.mark.spark

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from batch.client import EndpointClient
+from batch._client import EndpointClient
 from batch.config import EndpointConfig
 from batch.errors import ConfigError
-from batch.transport import AiohttpTransport, Proxy, make_transport, poster, proxy_for
+from batch._transport import AiohttpTransport, Proxy, make_transport, poster, proxy_for
 
 ANSWER = {"choices": [{"message": {"role": "assistant", "content": "é ok"}}],
           "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}

@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import types as T
 
 from batch.errors import ConfigError, ParseCastError
-from batch.types import caster, field_caster, parse_ddl, to_json_schema
+from batch._types import caster, field_caster, parse_ddl, to_json_schema
 
 
 @pytest.mark.parametrize("text,expected", [

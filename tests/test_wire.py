@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from batch.config import EndpointConfig
-from batch.wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text,
+from batch._wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text,
                         parse_answer, request_body)
 
 BASE = "http://127.0.0.1:9/v1"

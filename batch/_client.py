@@ -18,20 +18,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import httpx
 
-from .auth import credentials_for
+from ._auth import credentials_for
 from .config import EndpointConfig
 from .errors import (EndpointError, InvalidResponseError, NoAnswerError, RateLimitError, TransportError,
                      status_error)
-from .flow.control import FlowControl
-from .flow.headers import budget_from
-from .retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
-from .transport import make_transport, poster
-from .wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text, parse_answer,
+from ._flow.control import FlowControl
+from ._flow.headers import budget_from
+from ._retry import RetryPolicy, parse_retry_after, retry_delay, should_retry
+from ._transport import make_transport, poster
+from ._wire import (AnswerShapeError, ErrorInfo, NoAnswer, Usage, embedded_error, error_info, error_text, parse_answer,
                    request_body)
 
 __all__ = ["EndpointClient", "CallResult", "ClientStats", "pace_key"]
 
-log = logging.getLogger("batch.client")
+log = logging.getLogger("batch._client")
 
 # One encoder for every request: json.dumps with options builds a new encoder on each call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -26,11 +26,11 @@ from pyspark.sql.functions import pandas_udf
 
 from pyspark.sql.pandas.types import to_arrow_type
 
-from .arguments import QuerySpec
-from .engine import ROW_RECORD, Memo, RowOutcome
+from ._arguments import QuerySpec
+from ._engine import ROW_RECORD, Memo, RowOutcome
 from .errors import EndpointError, InvalidRequestTypeError, ParseCastError
-from .memo import answer_remembered, settings_from_env
-from .runtime import worker_runtime
+from ._memo import answer_remembered, settings_from_env
+from ._runtime import worker_runtime
 
 __all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column", "result_sql",
            "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]

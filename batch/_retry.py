@@ -1,8 +1,8 @@
 """Pure retry decisions: which failures to try again and how long to wait.
 
 No I/O and no clock of their own, so they are tested as tables. The one retry loop
-that uses them lives in ``batch.client``; nothing under it retries on its own. Reading
-``Retry-After`` lives with the other limit headers in ``batch.flow.headers``.
+that uses them lives in ``batch._client``; nothing under it retries on its own. Reading
+``Retry-After`` lives with the other limit headers in ``batch._flow.headers``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from .errors import EndpointError
-from .flow.headers import MAX_RETRY_AFTER, parse_retry_after
+from ._flow.headers import MAX_RETRY_AFTER, parse_retry_after
 
 __all__ = ["RetryPolicy", "MAX_RETRY_AFTER", "parse_retry_after", "retry_delay", "should_retry"]
 

@@ -8,7 +8,7 @@ poster skips the httpx objects altogether: building a request and a response cos
 about a third of the client's CPU per request (see ``benchmarks/client_transport.py``).
 Over ``AiohttpTransport`` both ways end in one exchange, so they send the same request and raise
 the same httpx errors.
-Retries are never done here: the one retry loop is in ``batch.client``.
+Retries are never done here: the one retry loop is in ``batch._client``.
 
 Proxies come from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, in either case)
 as httpx, requests and the openai client read them, because clusters often reach the internet only through

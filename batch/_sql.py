@@ -27,13 +27,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
-from .arguments import QuerySpec, build_spec
+from ._arguments import QuerySpec, build_spec
 from .config import get_endpoint, registry
 from .errors import ConfigError
-from .functions import SLOTS_CONF, rate_share, task_slots
-from .memo import MemoSettings, answer_remembered, settings_from_env
-from .runtime import worker_runtime
-from .udf import make_udf, request_values, result_sql, rows_to_frame
+from ._functions import SLOTS_CONF, rate_share, task_slots
+from ._memo import MemoSettings, answer_remembered, settings_from_env
+from ._runtime import worker_runtime
+from ._udf import make_udf, request_values, result_sql, rows_to_frame
 
 __all__ = ["register", "sql", "rewrite", "literal", "bind_arguments", "typed_call", "register_spec",
            "udf_name", "first", "freeze", "answer_series", "pin_task_slots", "worker_share", "HANDLERS"]
@@ -62,7 +62,7 @@ def register(spark: SparkSession, name: str = "ai_query") -> None:
 
     pin_task_slots(spark)
     spark.udf.register(name, pandas_udf(ai_query, T.StringType()).asNondeterministic())
-    from .tasks import register_tasks  # the task functions build on this module
+    from ._tasks import register_tasks  # the task functions build on this module
     register_tasks(spark)
 
 

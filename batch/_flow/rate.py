@@ -4,7 +4,7 @@ The generic cell rate algorithm (GCRA, the virtual-scheduling form of a token bu
 a reservation is O(1), first come first served, and never lets more than ``burst``
 units through at once. ``RateBudget`` holds a configured budget (``requests_per_minute``,
 ``tokens_per_minute``); ``book`` and ``after`` are the same arithmetic on plain numbers,
-for the learned rate whose state lives in shared cells (``batch.flow.pace``).
+for the learned rate whose state lives in shared cells (``batch._flow.pace``).
 """
 
 from __future__ import annotations

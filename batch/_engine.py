@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 
-from .client import CallResult, EndpointClient
+from ._client import CallResult, EndpointClient
 from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError
-from .wire import MULTI_INPUT_TASKS, Usage
+from ._wire import MULTI_INPUT_TASKS, Usage
 
 __all__ = ["RowOutcome", "ROW_RECORD", "answer_rows", "Memo", "MEMO_ENTRIES"]
 

@@ -16,7 +16,7 @@ import threading
 from typing import Any, TypeVar
 from collections.abc import Coroutine
 
-from .client import EndpointClient
+from ._client import EndpointClient
 from .config import EndpointConfig
 
 __all__ = ["WorkerRuntime", "worker_runtime"]

@@ -26,16 +26,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
-from .arguments import QuerySpec, build_spec
+from ._arguments import QuerySpec, build_spec
 from .config import EndpointConfig, get_endpoint, registry
-from .engine import Memo, RowOutcome
+from ._engine import Memo, RowOutcome
 from .errors import ConfigError
-from .functions import query_column, rate_share
-from .memo import MemoSettings, answer_remembered, settings_from_env
-from .runtime import worker_runtime
-from .sql import (HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name,
+from ._functions import query_column, rate_share
+from ._memo import MemoSettings, answer_remembered, settings_from_env
+from ._runtime import worker_runtime
+from ._sql import (HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name,
                   worker_share)
-from .udf import pipelined, raise_failures, request_values
+from ._udf import pipelined, raise_failures, request_values
 
 __all__ = ["ai_analyze_sentiment", "ai_classify", "ai_extract", "ai_fix_grammar", "ai_gen", "ai_mask",
            "ai_similarity", "ai_summarize", "ai_translate", "PromptTask", "SimilarityTask", "TASKS",

@@ -4,7 +4,7 @@ The limit starts at ``INITIAL_IN_FLIGHT`` and grows by one for every answer that
 while the limit was full (so it doubles each round trip while the pool is saturated, as TCP's
 slow start does), up to ``maximum``. ``at_least`` raises it at once to what Little's law says a
 rate needs at the measured latency. A 429 never lowers it: the answer to a rate limit is the
-learned rate (``batch.flow.pace``), and an in-flight cap cut on 429s would only add a second,
+learned rate (``batch._flow.pace``), and an in-flight cap cut on 429s would only add a second,
 slower controller fighting the first.
 """
 

@@ -31,7 +31,7 @@ except ImportError:  # not a POSIX system: every worker keeps its own pace
 
 __all__ = ["Slab", "path_for", "shared_dir", "private_dir"]
 
-log = logging.getLogger("batch.flow.shared")
+log = logging.getLogger("batch._flow.shared")
 
 CELL = 8
 STALE_FILE_S = 24 * 3600.0  # files untouched for a day belong to endpoints nobody asks any more

@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from .config import EndpointConfig, get_endpoint
 from .errors import (ConfigError, InvalidModelParametersError, UnsupportedResponseFormatError)
-from .types import caster, field_caster, parse_ddl, to_json_schema
+from ._types import caster, field_caster, parse_ddl, to_json_schema
 
 __all__ = ["QuerySpec", "build_spec", "check_model_parameters", "normalize_response_format"]
 

@@ -2,13 +2,13 @@
 
 A rate cap answers 429 at once, so a client that only limits concurrency keeps
 re-sending into a full bucket. Pacing on a rate avoids that. ``LearnedRate`` keeps
-what the law in ``batch.flow.law`` needs (the rate, the cap measured at the last
+what the law in ``batch._flow.law`` needs (the rate, the cap measured at the last
 429, the best rate delivered lately, counts of requests sent and answered over the
 last half second) and applies the law's steps: ``success`` may raise the rate,
 ``rate_limited`` cuts it, ``stated`` takes the endpoint's own figure. ``reserve``
-books the next request's turn at the rate (``batch.flow.rate.book``).
+books the next request's turn at the rate (``batch._flow.rate.book``).
 
-The state lives in a ``Slab`` (``batch.flow.shared``): shared by every worker on the
+The state lives in a ``Slab`` (``batch._flow.shared``): shared by every worker on the
 host when given a key, so that the workers of one machine learn one rate together,
 as one client, and a second job on the endpoint starts from it (see ``restart``).
 """

@@ -12,9 +12,9 @@ from typing import Any
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from .arguments import QuerySpec, build_spec
+from ._arguments import QuerySpec, build_spec
 from .config import EndpointConfig
-from .udf import make_udf, result_column
+from ._udf import make_udf, result_column
 
 __all__ = ["ai_query", "query_column", "rate_share", "task_slots", "SLOTS_CONF"]
 

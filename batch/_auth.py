@@ -17,8 +17,8 @@ import httpx
 
 from .config import EndpointConfig
 from .errors import CredentialError, HTTPRequestError, TransportError, status_error
-from .retry import parse_retry_after
-from .wire import error_text
+from ._retry import parse_retry_after
+from ._wire import error_text
 
 __all__ = ["Credentials", "NoCredentials", "BearerToken", "DatabricksOAuth", "credentials_for"]
 

@@ -3,17 +3,17 @@
 Every request of an ``EndpointClient`` passes ``FlowControl.admit`` before it is sent
 and reports ``done`` when its answer (or failure) comes back. In order, a request waits for:
 
-1. a slot under the in-flight limit (``batch.flow.concurrency``);
+1. a slot under the in-flight limit (``batch._flow.concurrency``);
 2. the configured budgets, when the endpoint entry sets ``requests_per_minute`` or
-   ``tokens_per_minute`` (``batch.flow.rate``);
+   ``tokens_per_minute`` (``batch._flow.rate``);
 3. a pool-wide pause, only while a storm of 429s lasts, with single probe requests
-   let through at growing gaps (``batch.flow.law.probe_gap``);
-4. its turn at the learned rate (``batch.flow.pace``), handed out one at a time by a pacer.
+   let through at growing gaps (``batch._flow.law.probe_gap``);
+4. its turn at the learned rate (``batch._flow.pace``), handed out one at a time by a pacer.
 
 What an answer teaches goes the other way: a success may raise the rate and, by
 Little's law, the in-flight limit; a 429 cuts the rate once per window; the
 ``x-ratelimit-*`` headers set the rate to what the endpoint states. A single 429 makes
-only its own request wait what the server asked (the retry loop in ``batch.client``).
+only its own request wait what the server asked (the retry loop in ``batch._client``).
 
 Everything takes ``clock`` and ``sleep`` so tests step a fake clock and never wait.
 """

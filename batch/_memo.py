@@ -31,15 +31,15 @@ from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 
 from .config import EndpointConfig
-from .engine import RowOutcome, answer_rows
+from ._engine import RowOutcome, answer_rows
 from .errors import EndpointError
-from .flow.shared import private_dir
-from .wire import request_body
+from ._flow.shared import private_dir
+from ._wire import request_body
 
 __all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
            "answer_remembered", "body_digest", "FILE_NAME"]
 
-log = logging.getLogger("batch.memo")
+log = logging.getLogger("batch._memo")
 
 FILE_NAME = "memo.sqlite3"
 PRUNE_EVERY = 512  # stores between two prunes in one process

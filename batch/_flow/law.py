@@ -1,8 +1,8 @@
 """The control law: pure functions from what was observed to the next sending rate, in-flight limit or pause.
 
 No clock, no I/O and no state of their own, so they are tested as tables
-(``tests/test_flow_law.py``). ``batch.flow.pace`` keeps the state they read and
-write; ``batch.flow.control`` applies them to requests. The ideas, in order:
+(``tests/test_flow_law.py``). ``batch._flow.pace`` keeps the state they read and
+write; ``batch._flow.control`` applies them to requests. The ideas, in order:
 
 * **Additive increase, multiplicative decrease on the rate** (Jacobson 1988, on a rate rather than a
   window): a 429 sets the rate a little below what was *delivered* in the last moment, the best
