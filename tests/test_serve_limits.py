@@ -9,7 +9,7 @@ import pytest
 
 from batch.serve import ServerProcess
 from batch.serve import limits
-from batch.serve.app import default_options
+from batch.serve.settings import default_options
 from fakes import Clock
 
 DURATION = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+(\.\d+)?s)$")

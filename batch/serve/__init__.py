@@ -4,7 +4,7 @@ It answers the OpenAI and Databricks wire formats from a deterministic
 simulator and injects latency, rate caps and faults on demand.
 """
 
-from .app import main
+from .cli import main
 from .process import ServerProcess
 from .simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
 

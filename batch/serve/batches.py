@@ -18,14 +18,16 @@ import json
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import simulate as sim
-from .app import ANSWERS, STATE, BadRequest, Job, error_payload
+from .answers import ANSWERS
+from .parse import BadRequest, ParsedRequest
+from .replies import error_payload
+from .state import STATE
 
 __all__ = ["add_routes", "BatchStore"]
 
-BATCHES = web.AppKey("batches", object)
 URL_TASKS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
              "/v1/responses": "responses"}
 MAX_REQUESTS = 50_000
@@ -60,6 +62,9 @@ class BatchStore:
         return self.files[file_id]
 
 
+BATCHES = web.AppKey("batches", BatchStore)
+
+
 def _store(request: web.Request) -> BatchStore:
     return request.app[BATCHES]
 
@@ -76,6 +81,8 @@ async def upload_file(request: web.Request) -> web.Response:
         return _fail(400, "a file upload is multipart/form-data with 'purpose' and 'file'")
     purpose, filename, content = None, "upload.jsonl", None
     async for part in reader:
+        if not isinstance(part, BodyPartReader):  # a nested multipart carries neither field
+            continue
         if part.name == "purpose":
             purpose = (await part.text()).strip()
         elif part.name == "file":
@@ -148,19 +155,19 @@ def _complete(request: web.Request, store: BatchStore, batch: dict[str, Any]) ->
             task = URL_TASKS.get(item.get("url"))
             if task is None:
                 raise BadRequest(f"url must be one of {sorted(URL_TASKS)}")
-            job = Job(task, item["body"])
+            parsed = ParsedRequest(task, item["body"])
         except (ValueError, KeyError, TypeError, AttributeError, BadRequest) as exc:
             errors.append({"id": line_id, "custom_id": item.get("custom_id") if isinstance(item, dict) else None,
                            "response": None, "error": {"code": "invalid_request", "message": str(exc)}})
             continue
-        status = next((s for s in map(sim.failure_status, job.texts) if s), None)
+        status = next((s for s in map(sim.failure_status, parsed.texts) if s), None)
         response: dict[str, Any] = {"request_id": f"req_{batch['id']}_{number}"}
         if status:
             response.update(status_code=status, body=error_payload(status, f"simulated failure {status}", False))
             errors.append({"id": line_id, "custom_id": item.get("custom_id"), "response": response, "error": None})
             continue
-        payload, prompt_tokens, completion_tokens = ANSWERS[task](job, str(job.body.get("model") or "simulated"),
-                                                                  state)
+        model = str(parsed.body.get("model") or "simulated")
+        payload, prompt_tokens, completion_tokens = ANSWERS[task](parsed, model, state)
         store.stats["prompt_tokens"] += prompt_tokens
         store.stats["completion_tokens"] += completion_tokens
         response.update(status_code=200, body=payload)

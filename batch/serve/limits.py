@@ -33,17 +33,18 @@
 The simulator's buckets hold ``burst`` requests (``rate_limit / 10`` by default), not a minute's worth:
 providers also enforce their per-minute limits over short windows (Azure checks RPM over 1 or 10
 seconds), and a bucket that held a minute would never refuse anything in a benchmark.
-Everything takes a ``clock`` so tests can step time by hand.
+Limiters read the settings by name (``Settings.as_dict()``); everything takes a ``clock`` so tests
+can step time by hand.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
-from collections.abc import Callable
 
-__all__ = ["PROFILES", "OPTIONS", "Limiter", "Refusal", "TokenBucket", "build", "format_duration", "request_cost",
+__all__ = ["PROFILES", "RATE_OPTIONS", "Limiter", "Refusal", "TokenBucket", "build", "format_duration", "request_cost",
            "retry_headers"]
 
 Clock = Callable[[], float]
@@ -52,31 +53,9 @@ PROFILES = ("token-bucket", "retry-after", "bare", "openai", "openai-retry", "az
             "concurrency")
 DEFAULT_PROFILE = "token-bucket"
 DEFAULT_WINDOW_S = 60.0
+# the settings a limiter is built from: changing one builds a new limiter
 RATE_OPTIONS = ("limit_profile", "rate_limit", "burst", "retry_after", "window_s", "tokens_per_minute",
                 "max_concurrent")
-
-
-def _profile(value: Any) -> str:
-    value = str(value).strip().lower()
-    if value not in PROFILES:
-        raise ValueError(f"limit_profile must be one of {', '.join(PROFILES)}")
-    return value
-
-
-def _positive(value: Any) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
-    return number
-
-
-OPTIONS: dict[str, tuple[Any, Any, str]] = {
-    "limit_profile": (_profile, DEFAULT_PROFILE, "how the endpoint refuses traffic above its limit: "
-                      + ", ".join(PROFILES)),
-    "window_s": (_positive, DEFAULT_WINDOW_S, "window length in seconds for the window profile"),
-    "tokens_per_minute": (float, 0.0, "token cap for the tpm profile (prompt + max_tokens per request)"),
-    "max_concurrent": (int, 0, "requests in flight for the concurrency profile; the rest get a 429"),
-}
 
 
 class Refusal:
@@ -159,7 +138,7 @@ class Limiter:
 
     by_tokens = False
 
-    def __init__(self, options: dict[str, Any], clock: Clock = time.monotonic) -> None:
+    def __init__(self, options: Mapping[str, Any], clock: Clock = time.monotonic) -> None:
         self.profile = options["limit_profile"]
         self.options = options
         self.clock = clock
@@ -179,7 +158,7 @@ class Limiter:
 class BucketLimiter(Limiter):
     """``rate_limit`` requests per second: token-bucket, retry-after, bare, openai, openai-retry, azure."""
 
-    def __init__(self, options: dict[str, Any], clock: Clock = time.monotonic) -> None:
+    def __init__(self, options: Mapping[str, Any], clock: Clock = time.monotonic) -> None:
         super().__init__(options, clock)
         self.bucket = TokenBucket(options["rate_limit"], options["burst"], clock)
         # A token budget to report in the headers; far above what the request cap lets through.
@@ -239,7 +218,7 @@ class BucketLimiter(Limiter):
 class WindowLimiter(Limiter):
     """A fixed window of ``window_s`` seconds holding ``rate_limit * window_s`` requests, refilled at its turn."""
 
-    def __init__(self, options: dict[str, Any], clock: Clock = time.monotonic) -> None:
+    def __init__(self, options: Mapping[str, Any], clock: Clock = time.monotonic) -> None:
         super().__init__(options, clock)
         self.length = options["window_s"]
         self.budget = max(1, round(options["rate_limit"] * self.length))
@@ -274,7 +253,7 @@ class TokenLimiter(Limiter):
 
     by_tokens = True
 
-    def __init__(self, options: dict[str, Any], clock: Clock = time.monotonic) -> None:
+    def __init__(self, options: Mapping[str, Any], clock: Clock = time.monotonic) -> None:
         super().__init__(options, clock)
         per_second = options["tokens_per_minute"] / 60.0
         if per_second <= 0:
@@ -299,7 +278,7 @@ class TokenLimiter(Limiter):
 class ConcurrencyLimiter(Limiter):
     """At most ``max_concurrent`` requests in flight; no rate cap."""
 
-    def __init__(self, options: dict[str, Any], clock: Clock = time.monotonic) -> None:
+    def __init__(self, options: Mapping[str, Any], clock: Clock = time.monotonic) -> None:
         super().__init__(options, clock)
         self.limit = options["max_concurrent"]
         if self.limit <= 0:
@@ -313,7 +292,7 @@ class ConcurrencyLimiter(Limiter):
         return Refusal(f"too many requests in flight (at most {self.limit})", {})
 
 
-def build(options: dict[str, Any], clock: Clock = time.monotonic) -> Limiter | None:
+def build(options: Mapping[str, Any], clock: Clock = time.monotonic) -> Limiter | None:
     """The limiter the options ask for, or None when nothing is capped."""
     profile = options["limit_profile"]
     if profile == "concurrency":

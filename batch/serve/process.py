@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-READY_PREFIX = "batch.serve listening on "
+from .cli import READY_PREFIX, SECRET_ENV
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SECRET_ENV = {"token": "BATCH_SERVE_TOKEN", "oauth_client_secret": "BATCH_SERVE_OAUTH_CLIENT_SECRET"}
 OUTPUT_LIMIT = 1 << 20
 
 

@@ -107,7 +107,7 @@ def simulated_json(prompt: str, response_format: dict | None) -> str:
         return "this is not JSON: " + prompt
     if NONCONFORMING in prompt:
         return json.dumps({"unexpected": True})
-    spec = response_format.get("json_schema")
+    spec = (response_format or {}).get("json_schema")
     schema = spec.get("schema") if kind == "json_schema" and isinstance(spec, dict) else None
     if not isinstance(schema, dict):
         return json.dumps({"answer": simulated_answer(prompt)[0]})
