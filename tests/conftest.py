@@ -10,6 +10,7 @@ import pytest
 
 from batch.config import registry
 from batch.serve import ServerProcess
+from support import FAST, restore
 
 JAVA = shutil.which("java") is not None
 
@@ -27,11 +28,8 @@ def server():
 
 @pytest.fixture
 def srv(server):
-    """The shared server, reset to defaults and zeroed for one test."""
-    server.configure(latency_ms=0, latency_jitter_ms=0, rate_limit=0, fault_rate=0.0, token=None,
-                     max_prompt_chars=0, retry_after="auto", faults="500,502,503,504,429,drop,malformed,truncated",
-                     stall_seconds=30, embedding_dim=16)
-    server.reset()
+    """The shared server, every option back as it started (seed included) and counters zeroed, for one test."""
+    restore(server)
     return server
 
 
@@ -43,9 +41,6 @@ def spark(tmp_path_factory):
     session = local_session("local[2]", tmp_path_factory.mktemp("warehouse"), app_name="tests")
     yield session
     session.stop()
-
-
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +151,7 @@ def crashed_job(server, token, tmp_path_factory):
         "limits": {"max_error_fraction": 0.5},
         "spark": {"master": "local[2,4]", "warehouse": str(warehouse), "conf": {
             "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events), "spark.eventLog.compress": "false"}}}))
-    server.configure(latency_ms=200, latency_jitter_ms=0, fault_rate=0.0, rate_limit=0, token=token)
-    server.reset()
+    restore(server, latency_ms=200, token=token)
     log = work / "job.log"
     env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(root))
     job = subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet"], cwd=root, env=env,
@@ -178,7 +172,6 @@ def crashed_job(server, token, tmp_path_factory):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait(timeout=30)
-        server.configure(latency_ms=0, token=None)
-        server.reset()
+        restore(server)
     return dict(returncode=returncode, killed=killed, log=log, events=events, warehouse=warehouse, rows=rows,
                 chunk=chunk, prompts=prompts, calls=calls, endpoints=endpoints, spec=spec)

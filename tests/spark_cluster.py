@@ -24,11 +24,13 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
+import support
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 # Short-lived JVMs on few cores spend less CPU on the quick compiler alone and a serial collector.
 # What the cluster and Connect tests ask of their endpoints.
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=20.0)
+FAST = {**support.FAST, "timeout": 20.0}
 RATED_RPM = 1800  # 30 requests/s for the whole cluster or Connect server
 RATED_ROWS = 120
 

@@ -4,7 +4,7 @@ import pytest
 
 from batch._flow import law
 from batch._flow.pace import LearnedRate as AdaptiveRate
-from fakes import Clock
+from support import Clock
 
 
 def deliver(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float) -> None:

@@ -15,15 +15,16 @@ from batch._auth import BearerToken, DatabricksOAuth, NoCredentials, credentials
 from batch._client import EndpointClient
 from batch.config import EndpointConfig
 from batch.errors import CredentialError, HTTPRequestError, RateLimitError, ServerError, TransportError
-from batch.serve import ServerProcess, simulated_answer
+from batch.serve import simulated_answer
 from batch._transport import TRANSPORTS, make_transport
-from fakes import Clock
+import support
+from support import Clock, run
 
 TOKEN = "tok-7f3a9c-never-show-me"
 CLIENT_ID = "sp-4471-client"
 SECRET = "sp-secret-d81e-never-show-me"
 TOKEN_ENV, ID_ENV, SECRET_ENV = "BATCH_TEST_TOKEN", "BATCH_TEST_CLIENT_ID", "BATCH_TEST_CLIENT_SECRET"
-FAST = dict(max_retries=3, initial_backoff=0.01, max_backoff=0.02, timeout=10.0)
+FAST = {**support.FAST, "max_retries": 3, "max_backoff": 0.02}
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +39,6 @@ async def no_sleep(seconds: float) -> None:
 
 def chat_answer(text: str = "ok") -> dict:
     return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
 
 
 # ================================================================ scripted transport
@@ -206,19 +203,7 @@ def test_credentials_for_picks_the_kind():
 
 # ================================================================ real HTTP
 
-@pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.configure(token=None, oauth_client_id=None, oauth_client_secret=None, oauth_ttl=3600, fault_rate=0.0,
-                     latency_ms=0, rate_limit=0)
-    server.reset()
-    return server
-
+# The suite's simulator (conftest's ``srv``: every option back to its default for each test).
 
 def bearer_client(srv, transport="aiohttp", **keys) -> EndpointClient:
     config = EndpointConfig(name="secured", api="openai", base_url=srv.url + "/v1", **{**FAST, **keys})

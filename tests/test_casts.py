@@ -21,8 +21,9 @@ from batch.errors import EndpointError, ParseCastError
 from batch.serve.simulate import simulated_json
 from batch._types import caster, parse_ddl
 from batch._udf import rows_to_frame
+import support
 
-FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
+FAST = {**support.FAST, "max_retries": 2}
 
 # (field type, JSON value): each read by from_json on real Spark and by our cast.
 CASES = [

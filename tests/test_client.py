@@ -18,28 +18,11 @@ from batch._engine import answer_rows
 from batch.errors import (HTTPRequestError, InvalidResponseError, NoAnswerError, ParseCastError, QuotaExceededError,
                           RateLimitError, ServerError, TransportError)
 from batch._flow.law import FIRST_PROBE_GAP
-from batch.serve import ServerProcess, simulated_answer
+from batch.serve import simulated_answer
 from batch._transport import TRANSPORTS, make_transport
+from support import FAST, FakeTime, poll, run
 
 MOCK_URL = "http://mock.test/v1"
-
-
-class FakeTime:
-    """A clock and a sleep that never wait. ``advance``: whether sleeping moves the clock."""
-
-    def __init__(self, advance: bool = True) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.advance = advance
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        if self.advance:
-            self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
 
 
 def chat_json(text: str, usage: dict | None = None) -> dict:
@@ -80,10 +63,6 @@ def mock_client(handler, t: FakeTime, *, rand=0.0, **keys) -> EndpointClient:
     entry.update(keys)
     return EndpointClient(EndpointConfig(**entry), transport=httpx.MockTransport(handler), clock=t.clock,
                           sleep=t.sleep, rand=lambda: rand)
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
 
 
 def call(client: EndpointClient, *inputs, **kwargs):
@@ -617,23 +596,7 @@ def test_a_conversion_error_of_any_kind_is_the_rows_error():
 
 # ================================================================ B: real HTTP against batch.serve
 
-@pytest.fixture(scope="module")
-def server():
-    with ServerProcess(record=True) as srv:
-        yield srv
-
-
-@pytest.fixture
-def srv(server):
-    server.configure(latency_ms=0, latency_jitter_ms=0, rate_limit=0, burst=None, fault_rate=0.0, token=None,
-                     retry_after="auto", stall_seconds=30, max_prompt_chars=0, oauth_client_id=None,
-                     oauth_client_secret=None)
-    server.reset()
-    return server
-
-
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
-
+# The suite's simulator: conftest's ``srv``, every option back to its default for each test.
 
 def http_client(srv, transport: str = "aiohttp", *, api: str = "openai", task: str = "chat", rand=None,
                 **keys) -> EndpointClient:
@@ -677,15 +640,6 @@ def test_every_retryable_fault_recovers(srv, transport, kind):
     assert stats["faults"] == {kind: 2} and stats["answered"] == 1
     if kind == "stall":  # the abandoned attempts end on the server too, leaving nothing in flight behind
         assert poll(lambda: srv.stats()["in_flight"] == 0)
-
-
-def poll(check, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -3,67 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 
 import pytest
 
 from batch._flow import ConcurrencyLimit, FlowControl, RateBudget
-
-
-class FakeTime:
-    """A clock that moves only when told to; ``sleep`` parks the caller until ``advance`` passes its deadline."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._timers: list[tuple[float, int, asyncio.Future]] = []
-        self._order = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self.now + seconds, next(self._order), future))
-        await future
-
-    async def advance(self, seconds: float) -> None:
-        """Move the clock forward, waking sleepers in deadline order at their own deadlines."""
-        target = self.now + seconds
-        await settle()
-        while self._timers and self._timers[0][0] <= target:
-            deadline, _, future = heapq.heappop(self._timers)
-            self.now = max(self.now, deadline)
-            if not future.done():
-                future.set_result(None)
-            await settle()
-        self.now = target
-        await settle()
-
-
-async def settle(rounds: int = 20) -> None:
-    """Let every runnable task run until it blocks again (yields only; no time passes)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
+from support import SteppedTime, run, settle
 
 
 # ---------------------------------------------------------------- RateBudget
 
 def test_budget_bursts_then_paces():
-    t = FakeTime()
+    t = SteppedTime()
     budget = RateBudget(10.0, burst=3, clock=t.clock)
     assert [budget.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert [budget.reserve() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
 
 
 def test_budget_long_run_holds_the_rate():
-    t = FakeTime()
+    t = SteppedTime()
     budget = RateBudget(20.0, burst=2, clock=t.clock)
     waits = [budget.reserve() for _ in range(60)]
     # the n-th start is at (n - burst) / rate: 60 starts take (60 - 2) / 20 seconds, never less
@@ -75,7 +32,7 @@ def test_budget_long_run_holds_the_rate():
 
 
 def test_budget_burst_refills_after_idle_but_never_banks_more():
-    t = FakeTime()
+    t = SteppedTime()
     budget = RateBudget(10.0, burst=3, clock=t.clock)
     for _ in range(5):
         budget.reserve()
@@ -94,13 +51,13 @@ def test_budget_default_burst_and_validation():
 
 
 def test_budget_token_amounts_and_adjust():
-    t = FakeTime()
+    t = SteppedTime()
     tokens = RateBudget(100.0, burst=100.0, clock=t.clock)
     assert tokens.reserve(50) == 0.0
     tokens.adjust(150)  # the answer said 200 tokens, not the 50 estimated: the debt is paid by later callers
     assert tokens.reserve(1) == pytest.approx(1.01)
 
-    t2 = FakeTime()
+    t2 = SteppedTime()
     tokens = RateBudget(100.0, burst=100.0, clock=t2.clock)
     assert tokens.reserve(100) == 0.0
     assert tokens.reserve(100) == pytest.approx(1.0)
@@ -109,7 +66,7 @@ def test_budget_token_amounts_and_adjust():
 
 
 def test_budget_push_back_only_moves_forward():
-    t = FakeTime()
+    t = SteppedTime()
     budget = RateBudget(10.0, burst=1, clock=t.clock)
     budget.push_back(5.0)
     budget.push_back(1.0)  # an earlier deadline does not undo a later one
@@ -209,7 +166,7 @@ def test_cancel_after_the_slot_was_handed_over_gives_it_back():
 # ---------------------------------------------------------------- FlowControl
 
 def test_flow_admits_up_to_max_concurrency():
-    t = FakeTime()
+    t = SteppedTime()
 
     async def main():
         flow = FlowControl(max_concurrency=3, clock=t.clock, sleep=t.sleep)
@@ -233,7 +190,7 @@ def test_flow_admits_up_to_max_concurrency():
 
 
 def test_flow_paces_requests_per_second():
-    t = FakeTime()
+    t = SteppedTime()
 
     async def main():
         flow = FlowControl(max_concurrency=100, requests_per_second=20.0, clock=t.clock, sleep=t.sleep)
@@ -256,7 +213,7 @@ def test_flow_paces_requests_per_second():
 
 
 def test_flow_token_budget_and_adjust():
-    t = FakeTime()
+    t = SteppedTime()
 
     async def main():
         flow = FlowControl(max_concurrency=10, tokens_per_second=100.0, clock=t.clock, sleep=t.sleep)
@@ -283,7 +240,7 @@ def test_flow_repr_names_no_secrets_and_shows_state():
 
 def test_flow_waiters_go_at_the_new_pace_as_soon_as_it_rises():
     """Turns are booked one at a time, so requests already waiting are not held to an old, slower pace."""
-    t = FakeTime()
+    t = SteppedTime()
 
     async def main():
         flow = FlowControl(max_concurrency=100, clock=t.clock, sleep=t.sleep)
@@ -323,7 +280,7 @@ def test_limit_doubles_each_round_trip_only_while_it_holds_the_pool_back():
 
 
 def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_with_probes():
-    t = FakeTime()
+    t = SteppedTime()
     flow = FlowControl(max_concurrency=10, clock=t.clock, sleep=t.sleep)
     for _ in range(50):
         flow.done(0.1)

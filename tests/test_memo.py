@@ -26,10 +26,11 @@ from batch._functions import query_column
 from batch._memo import (FILE_NAME, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
                         settings_from_env)
 from batch.serve import simulated_answer
-from fakes import Clock
+import support
+from support import Clock
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
+FAST = {**support.FAST, "max_retries": 2}
 
 
 @pytest.fixture

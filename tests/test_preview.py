@@ -20,10 +20,11 @@ from jobs.preview import load_variants, run_preview
 from jobs.spec import load_spec
 from jobs.svg import PALETTE
 
+import support
 from browser import colour_counts, hex_rgb, read_png, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
+FAST = {**support.FAST, "max_retries": 2}
 ROWS, TABLE_ROWS = 20, 300
 PRICES = {"pv-chat": {"input": 0.15, "output": 0.60}, "pv-chat-large": {"input": 3.0, "output": 15.0},
           "pv-embed": {"input": 0.02}}

@@ -18,12 +18,13 @@ from batch.config import EndpointConfig, registry
 from batch.errors import ConfigError, InvalidModelParametersError
 from batch.serve.simulate import REFUSAL, simulated_answer, simulated_json
 from batch._wire import NoAnswer, Usage, parse_answer, request_body
+import support
 
 CONFIG = EndpointConfig("resp", api="responses", base_url="http://127.0.0.1:1/v1", model="gpt-test")
 TRIAGE = {"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {
     "type": "object", "additionalProperties": False, "required": ["label"],
     "properties": {"label": {"type": "string", "enum": ["billing", "shipping"]}}}}}
-FAST = dict(max_retries=2, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
+FAST = {**support.FAST, "max_retries": 2}
 
 
 def message(*parts: dict) -> dict:

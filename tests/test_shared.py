@@ -10,7 +10,7 @@ import pytest
 import batch._flow.shared
 from batch._flow.pace import LearnedRate as AdaptiveRate
 from batch._flow.shared import Slab, path_for
-from fakes import Clock
+from support import Clock
 
 
 @pytest.fixture
