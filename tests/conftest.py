@@ -20,6 +20,19 @@ TOKEN_ENV = "AIQ_TEST_TOKEN"
 os.environ.setdefault(TOKEN_ENV, "aiq-test-" + secrets.token_hex(12))
 
 
+# Fixtures that start a JVM in this process or in a job process: a test that uses one is a Spark test.
+SPARK_FIXTURES = {"spark", "crashed_job"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a Spark fixture must say so (``-m "not spark"`` must not start a JVM)."""
+    unmarked = [item.nodeid for item in items if SPARK_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and not any(item.iter_markers("spark"))]
+    if unmarked:
+        raise pytest.UsageError("these tests start Spark but carry no spark mark:\n  "
+                                + "\n  ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def server():
     with ServerProcess(record=True) as srv:

@@ -96,6 +96,7 @@ def run(cluster, server, tmp_path_factory):
     return report
 
 
+@pytest.mark.spark  # and this process's local[2] session
 def test_job_runs_on_the_cluster_as_in_local(run, spark, server):
     from batch.config import registry
     from batch.serve import simulated_answer, simulated_embedding

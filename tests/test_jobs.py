@@ -19,10 +19,9 @@ from batch.serve import simulated_answer
 from jobs.cli import main
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
+from support import FAST, tickets
 
 ROOT = Path(__file__).resolve().parents[1]
-
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 
 
 @pytest.fixture
@@ -49,17 +48,11 @@ def _spec(db: str, **changes) -> dict:
     return spec
 
 
-def _tickets(spark, db: str, bodies: list[str | None]) -> None:
-    spark.sql(f"DROP DATABASE IF EXISTS {db} CASCADE")
-    spark.sql(f"CREATE DATABASE {db}")
-    rows = [(i, body) for i, body in enumerate(bodies)]
-    spark.createDataFrame(rows, "id int, body string").write.format("parquet").saveAsTable(f"{db}.tickets")
-
-
+@pytest.mark.spark
 def test_results_and_usage_tables_match_the_server(spark, job_endpoints):
     srv = job_endpoints
     bodies = [f"ticket number {i} about billing" for i in range(100)] + ["ticket number 1 about billing", None]
-    _tickets(spark, "jobs_a", bodies)
+    tickets(spark, "jobs_a", bodies)
     spec = parse_spec(_spec("jobs_a"))
     before = time.time()
     result = run_job(spark, spec, prices={})
@@ -87,9 +80,10 @@ def test_results_and_usage_tables_match_the_server(spark, job_endpoints):
     assert chat["latency_p50_ms"] is not None and chat["status"] == "succeeded"
 
 
+@pytest.mark.spark
 def test_row_errors_are_kept_and_only_failed_answers_them_again(spark, job_endpoints):
     bodies = [f"question {i}" for i in range(30)] + [f"[[flaky:1:400]] question {i}" for i in range(5)]
-    _tickets(spark, "jobs_b", bodies)
+    tickets(spark, "jobs_b", bodies)
     spec = parse_spec(_spec("jobs_b", outputs={"answer": {"endpoint": "job-chat", "request": "body"}}))
     first = run_job(spark, spec, prices={})
     assert first.ok and first.rows_failed == 5
@@ -106,8 +100,9 @@ def test_row_errors_are_kept_and_only_failed_answers_them_again(spark, job_endpo
     assert table.where("NOT ok").count() == 0
 
 
+@pytest.mark.spark
 def test_error_fraction_limit_fails_the_run(spark, job_endpoints):
-    _tickets(spark, "jobs_c", [f"[[fail:400]] q{i}" for i in range(20)] + [f"q{i}" for i in range(20)])
+    tickets(spark, "jobs_c", [f"[[fail:400]] q{i}" for i in range(20)] + [f"q{i}" for i in range(20)])
     spec = parse_spec(_spec("jobs_c", outputs={"answer": {"endpoint": "job-chat", "request": "body"}},
                             limits={"max_error_fraction": 0.1}, commit_every=100))
     result = run_job(spark, spec, prices={})
@@ -118,8 +113,9 @@ def test_error_fraction_limit_fails_the_run(spark, job_endpoints):
     assert usage[0]["failed_by_kind"] == {"HTTPRequestError": 20}
 
 
+@pytest.mark.spark
 def test_overwrite_and_append_modes(spark, job_endpoints):
-    _tickets(spark, "jobs_d", [f"q{i}" for i in range(10)])
+    tickets(spark, "jobs_d", [f"q{i}" for i in range(10)])
     spec = parse_spec(_spec("jobs_d", outputs={"answer": {"endpoint": "job-chat", "request": "body"}}))
     run_job(spark, spec, prices={})
     run_job(spark, parse_spec({**_spec("jobs_d", outputs={"answer": {"endpoint": "job-chat", "request": "body"}}),
@@ -130,11 +126,12 @@ def test_overwrite_and_append_modes(spark, job_endpoints):
     assert spark.table("jobs_d.answers").count() == 10
 
 
+@pytest.mark.spark
 def test_price_table_gives_estimated_cost(spark, job_endpoints, tmp_path):
     from jobs.usage import load_prices
     prices_file = tmp_path / "prices.yaml"
     prices_file.write_text("prices:\n  job-chat: {input: 1000000, output: 2000000}\n")
-    _tickets(spark, "jobs_e", ["one two three"])
+    tickets(spark, "jobs_e", ["one two three"])
     spec = parse_spec(_spec("jobs_e", outputs={"answer": {"endpoint": "job-chat", "request": "body"}}))
     run_job(spark, spec, prices=load_prices(prices_file))
     usage = spark.table("jobs_e.usage").collect()[0]
@@ -206,8 +203,9 @@ def test_row_counts_on_the_command_line_are_checked(argv, words, capsys):
     assert stopped.value.code == 2 and words in capsys.readouterr().err
 
 
+@pytest.mark.spark
 def test_missing_column_is_reported_with_its_line(spark, job_endpoints, tmp_path):
-    _tickets(spark, "jobs_f", ["x"])
+    tickets(spark, "jobs_f", ["x"])
     path = _write(tmp_path, BASE.replace("table: t", "table: jobs_f.tickets").replace("{body}", "{bodyy}")
                   .replace("table: answers", "table: jobs_f.answers").replace("table: usage", "table: jobs_f.u"))
     with pytest.raises(ConfigError, match=r"\{bodyy\}, which is not an input column") as caught:
@@ -234,6 +232,7 @@ def _answered_rows(spark, warehouse: Path) -> list:
     return spark.read.parquet(str(files)).select("id", "ok").collect()
 
 
+@pytest.mark.spark
 def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
     """SIGKILL midway, then run again: every key once, and re-asked rows bounded by one chunk."""
     rows, chunk = 240, 30
@@ -280,6 +279,7 @@ def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
     assert len(asked_twice) <= chunk  # only the chunk in flight when it was killed was asked again
 
 
+@pytest.mark.spark
 def test_job_runs_under_spark_submit(srv, tmp_path):
     from pyspark.find_spark_home import _find_spark_home
     data = tmp_path / "rows.json"
@@ -303,6 +303,7 @@ def test_job_runs_under_spark_submit(srv, tmp_path):
     assert srv.stats()["answered"] == 20
 
 
+@pytest.mark.spark
 def test_literal_braces_in_a_prompt_template(spark, job_endpoints):
     with pytest.raises(ConfigError) as caught:
         parse_spec(_spec("jobs_braces", outputs={"answer": {
@@ -313,7 +314,7 @@ def test_literal_braces_in_a_prompt_template(spark, job_endpoints):
     for template, lone in (("Hi {body", "{"), ("}{body}", "}"), ("{body}} and more", "}")):
         with pytest.raises(ConfigError, match=f"the prompt has a lone '{lone}'; a literal brace is written twice"):
             parse_spec(_spec("jobs_braces", outputs={"answer": {"endpoint": "job-chat", "prompt": template}}))
-    _tickets(spark, "jobs_braces", ["first ticket", "second {ticket}"])
+    tickets(spark, "jobs_braces", ["first ticket", "second {ticket}"])
     spec = parse_spec(_spec("jobs_braces", outputs={"answer": {
         "endpoint": "job-chat", "prompt": 'Reply as JSON like {{"label": "x"}} for: {body} {{body}}'}}))
     assert spec.outputs[0].template_columns() == ["body"]
@@ -323,8 +324,9 @@ def test_literal_braces_in_a_prompt_template(spark, job_endpoints):
                        for i, body in enumerate(["first ticket", "second {ticket}"])}
 
 
+@pytest.mark.spark
 def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
-    _tickets(spark, "jobs_empty", [])
+    tickets(spark, "jobs_empty", [])
     result = run_job(spark, parse_spec(_spec("jobs_empty")), prices={})
     assert result.ok and result.rows_in == 0 and job_endpoints.stats()["requests"] == 0
     answers, usage = spark.table("jobs_empty.answers"), spark.table("jobs_empty.usage")
@@ -337,7 +339,7 @@ def test_a_job_with_no_input_rows_leaves_empty_tables(spark, job_endpoints):
         "total_tokens", "reasoning_tokens", "cached_tokens", "requests", "rate_limited", "fingerprint", "asked_in"]
     from jobs.tables import USAGE_SCHEMA
     assert [(f.name, f.dataType) for f in usage.schema] == [(f.name, f.dataType) for f in USAGE_SCHEMA]
-    _tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables
+    tickets(spark, "jobs_empty", ["now one ticket"])  # the next run fills the same tables
     again = run_job(spark, parse_spec(_spec("jobs_empty")), prices={})
     assert again.ok and again.rows_in == 1 and spark.table("jobs_empty.answers").count() == 1
     assert spark.table("jobs_empty.usage").count() == 2

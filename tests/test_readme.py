@@ -3,9 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.spark
 def test_notebook_example_runs_as_written(spark, monkeypatch, tmp_path):
     text = README.read_text()
     block = re.search(r"<!-- notebook-example.*?-->\s*```python\n(.*?)```", text, re.DOTALL)

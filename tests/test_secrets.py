@@ -25,6 +25,7 @@ from batch._client import EndpointClient
 from batch.config import EndpointConfig
 from jobs.runner import run_job
 from jobs.spec import parse_spec
+from support import tickets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,15 +46,14 @@ def _table_text(spark, table: str) -> str:
     return "\n".join(str(row.asDict(recursive=True)) for row in spark.table(table).collect())
 
 
+@pytest.mark.spark
 def test_token_absent_from_logs_output_errors_plans_and_tables(spark, srv, more_endpoints, token, caplog, capsys):
     caplog.set_level(logging.INFO)
     for name in ("batch", "jobs"):
         caplog.set_level(logging.DEBUG, logger=name)
     srv.configure(token=token)
-    spark.sql("DROP DATABASE IF EXISTS secret_jobs CASCADE")
-    spark.sql("CREATE DATABASE secret_jobs")
     bodies = ["a question", "retried [[flaky:2:503]]", "refused [[fail:400]]", "forbidden [[fail:403]]"]
-    spark.createDataFrame(list(enumerate(bodies)), "id int, body string").write.saveAsTable("secret_jobs.rows")
+    tickets(spark, "secret_jobs", bodies, "rows")
 
     def job(name: str, outputs: dict, max_error_fraction: float):
         return parse_spec({"job": name, "input": {"table": "secret_jobs.rows", "key": "id"}, "outputs": outputs,
@@ -87,6 +87,7 @@ def test_token_absent_from_logs_output_errors_plans_and_tables(spark, srv, more_
 
 # ---------------------------------------------------------------- a job process of its own
 
+@pytest.mark.spark
 def test_token_absent_from_a_job_process(crashed_job, token):
     """The ``crashed_job`` process ran with the token, lost its Python workers and had rows refused."""
     log = crashed_job["log"].read_text()
