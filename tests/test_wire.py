@@ -65,8 +65,13 @@ def test_response_format_and_params_pass_through():
 
 
 def test_bodies_are_json():
+    # Plain JSON data: what a JSON round trip gives back is the same body (a tuple, a set, bytes or a
+    # non-finite float would not survive it), with the prompt's text and the parameters intact.
     for config in (openai("chat"), dbx("completions"), dbx("embeddings")):
-        json.dumps(request_body(config, ["ünïcode ✓"], {"n": 1}))
+        body = request_body(config, ["ünïcode ✓"], {"n": 1})
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+        assert json.loads(text) == body and body["n"] == 1
+        assert "ünïcode ✓" in text
 
 
 # ---------------------------------------------------------------- answers
