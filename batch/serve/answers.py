@@ -41,7 +41,7 @@ def _format(body: dict) -> dict | None:
     return fmt if isinstance(fmt, dict) else None
 
 
-def answer_chat(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
+def _chat(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
     body = parsed.body
     prompt = parsed.texts[0]
     text, finish = sim.simulated_reply(prompt, _max_tokens(body), _format(body))
@@ -64,7 +64,7 @@ def answer_chat(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, 
             "model": model, "choices": choices, "usage": usage}, prompt_tokens, completion
 
 
-def answer_responses(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
+def _responses(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
     """The chat answer for the same prompt (shapes included), as Responses API output items."""
     body, prompt = parsed.body, parsed.texts[0]
     text_options = body.get("text")
@@ -116,7 +116,7 @@ def _output_items(message: dict, number: int) -> list[dict]:
     return items
 
 
-def answer_completions(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
+def _completions(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
     limit, n, completion = _max_tokens(parsed.body), _n(parsed.body), 0
     choices: list[dict] = []
     for prompt in parsed.texts:
@@ -129,7 +129,7 @@ def answer_completions(parsed: ParsedRequest, model: str, state: State) -> tuple
             "model": model, "choices": choices, "usage": _usage(prompt_tokens, completion)}, prompt_tokens, completion
 
 
-def answer_embeddings(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
+def _embeddings(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
     dim = parsed.body.get("dimensions")
     dim = dim if isinstance(dim, int) and dim > 0 else state.settings.embedding_dim
     as_base64 = parsed.body.get("encoding_format") == "base64"
@@ -140,13 +140,12 @@ def answer_embeddings(parsed: ParsedRequest, model: str, state: State) -> tuple[
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, tokens, 0
 
 
-def answer_custom(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
+def _custom(parsed: ParsedRequest, model: str, state: State) -> tuple[dict, int, int]:
     return {"predictions": [sim.simulated_prediction(r) for r in parsed.records]}, 0, 0
 
 
-ANSWERS: dict[str, Answer] = {"chat": answer_chat, "responses": answer_responses,
-                              "completions": answer_completions, "embeddings": answer_embeddings,
-                              "custom": answer_custom}
+ANSWERS: dict[str, Answer] = {"chat": _chat, "responses": _responses, "completions": _completions,
+                              "embeddings": _embeddings, "custom": _custom}
 
 
 def _usage(prompt: int, completion: int) -> dict:

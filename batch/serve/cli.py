@@ -17,13 +17,12 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from .app import build_app
-from .settings import Settings
+from .settings import SECRET_ENV, Settings
 from .state import STATE
 
-__all__ = ["READY_PREFIX", "SECRET_ENV", "main", "parse_args", "serve"]
+__all__ = ["READY_PREFIX", "main", "parse_args", "serve"]
 
-READY_PREFIX = "batch.serve listening on "
-SECRET_ENV = {"token": "BATCH_SERVE_TOKEN", "oauth_client_secret": "BATCH_SERVE_OAUTH_CLIENT_SECRET"}
+READY_PREFIX = "batch.serve listening on "  # ServerProcess waits for this line
 
 
 def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> Settings:

@@ -2,7 +2,8 @@
 
 A request is checked in the order a real endpoint checks it: the bearer token (401), a request-count
 limit (429), the body (400), a token-count limit (429), the prompt length (400), then latency, a
-scripted or random fault, and the answer.
+scripted or random fault, and the answer. The hot path logs nothing and allocates little beyond one JSON
+document, so a single core serves thousands of requests per second.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ def _base_url(request: web.Request) -> str:
 
 
 async def oauth_metadata(request: web.Request) -> web.Response:
+    """RFC 8414 authorization-server metadata: issuer, authorize and token endpoints, the one grant."""
     base = _base_url(request) + "/oidc"
     return web.json_response({"issuer": base, "authorization_endpoint": base + "/v1/authorize",
                               "token_endpoint": base + "/v1/token",
@@ -57,6 +58,7 @@ async def oauth_metadata(request: web.Request) -> web.Response:
 
 
 async def host_metadata(request: web.Request) -> web.Response:
+    """``{"oidc_endpoint": ...}``, what a Databricks workspace answers so its SDK can find the token endpoint."""
     return web.json_response({"oidc_endpoint": _base_url(request) + "/oidc"})
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from .cli import READY_PREFIX, SECRET_ENV
+from .cli import READY_PREFIX
+from .settings import SECRET_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_LIMIT = 1 << 20

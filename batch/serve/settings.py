@@ -14,9 +14,11 @@ from typing import Any
 from . import limits
 from .faults import DEFAULT_FAULTS, FAULT_KINDS
 
-__all__ = ["FIXED", "SECRETS", "Settings", "default_options"]
+__all__ = ["FIXED", "SECRETS", "SECRET_ENV", "Settings", "default_options"]
 
-SECRETS = ("token", "oauth_client_secret")
+# where a secret is read from when the command line does not give it (ServerProcess sets these)
+SECRET_ENV = {"token": "BATCH_SERVE_TOKEN", "oauth_client_secret": "BATCH_SERVE_OAUTH_CLIENT_SECRET"}
+SECRETS = tuple(SECRET_ENV)  # shown masked
 FIXED = ("host", "port")  # the listening socket is bound once
 
 
@@ -81,10 +83,11 @@ class Settings:
     rate_limit: float = _setting(0.0, float, "requests per second cap; 0 means none")
     burst: float | None = _setting(None, _optional_float, "token bucket size; default max(1, rate/10)")
     retry_after: str | float = _setting("auto", _retry_after, "auto, none or seconds for 429 Retry-After headers")
-    token: str | None = _setting(None, _secret, "bearer token data-plane requests must carry (or $BATCH_SERVE_TOKEN)")
+    token: str | None = _setting(None, _secret, "bearer token data-plane requests must carry "
+                                 f"(or ${SECRET_ENV['token']})")
     oauth_client_id: str | None = _setting(None, _secret, "enables the OAuth client_credentials token endpoint")
     oauth_client_secret: str | None = _setting(None, _secret,
-                                               "OAuth client secret (or $BATCH_SERVE_OAUTH_CLIENT_SECRET)")
+                                               f"OAuth client secret (or ${SECRET_ENV['oauth_client_secret']})")
     oauth_ttl: float = _setting(3600.0, float, "lifetime of issued OAuth tokens, seconds")
     fault_rate: float = _setting(0.0, float, "share of data-plane requests that get a random fault")
     faults: tuple[str, ...] = _setting(_fault_list(DEFAULT_FAULTS), _fault_list,

@@ -34,6 +34,7 @@ class Stats:
         self.origin = time.monotonic()
 
     def accept(self) -> None:
+        """Count an admitted request in ``per_second`` (whole seconds since the start or the last reset)."""
         second = int(time.monotonic() - self.origin)
         counts = self.per_second
         if second >= len(counts):
@@ -41,6 +42,7 @@ class Stats:
         counts[second] += 1
 
     def snapshot(self, in_flight: int) -> dict[str, Any]:
+        """What ``/_admin/stats`` shows: every counter, statuses by code as strings, ``elapsed_s`` in seconds."""
         return {
             "requests": self.requests, "answered": self.answered,
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
