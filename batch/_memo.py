@@ -17,6 +17,7 @@ as if there were no memo.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -125,6 +126,19 @@ def _unpack(blob: bytes) -> Any:
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS memo (key BLOB PRIMARY KEY, stored REAL NOT NULL, size INTEGER NOT NULL, "
            "value BLOB NOT NULL) WITHOUT ROWID", "CREATE INDEX IF NOT EXISTS memo_stored ON memo (stored)")
+# The memo's entries and bytes, kept by triggers as rows come and go, so that a prune within the bounds reads
+# one row instead of counting a table of up to ``max_entries`` rows (milliseconds each time). A writer that
+# does not turn on recursive triggers (an older version of this module) counts a replaced row twice: the
+# count errs high, and a prune that finds it over a bound counts the table and sets it right.
+_SIZE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS memo_size (id INTEGER PRIMARY KEY CHECK (id = 0), entries INTEGER NOT NULL, "
+    "bytes INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO memo_size SELECT 0, COUNT(*), TOTAL(size) FROM memo",
+    "CREATE TRIGGER IF NOT EXISTS memo_added AFTER INSERT ON memo BEGIN UPDATE memo_size SET "
+    "entries = entries + 1, bytes = bytes + NEW.size WHERE id = 0; END",
+    "CREATE TRIGGER IF NOT EXISTS memo_removed AFTER DELETE ON memo BEGIN UPDATE memo_size SET "
+    "entries = entries - 1, bytes = bytes - OLD.size WHERE id = 0; END")
+_SIZE_OBJECTS = ("memo_size", "memo_added", "memo_removed")
 _LOOKUP_CHUNK = 500
 
 
@@ -140,6 +154,7 @@ class HostMemo:
         self.path = None
         self._local = threading.local()
         self._stores = 0
+        self._pending: list[tuple[bytes, Any]] = []  # answers of this turn of the event loop, not yet stored
         self.broken = not settings.enabled
         if not self.broken:
             try:
@@ -168,11 +183,22 @@ class HostMemo:
             connection.execute("PRAGMA synchronous=OFF")  # a memo lost with the machine is only asked again
             for statement in _SCHEMA:
                 connection.execute(statement)
+            connection.execute("PRAGMA recursive_triggers=ON")  # a replaced row leaves the count as it added
+            marks = ",".join("?" * len(_SIZE_OBJECTS))
+            made = connection.execute(f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({marks})",
+                                      _SIZE_OBJECTS).fetchone()[0]
+            if made != len(_SIZE_OBJECTS):  # made once per file, in one transaction with the first count
+                with connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    for statement in _SIZE_SCHEMA:
+                        connection.execute(statement)
             local.connection, local.pid = connection, os.getpid()
         return local.connection
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Any]:
         """The answers stored for ``keys`` and young enough; a key without one is simply absent."""
+        if self._pending:
+            self._flush()
         if self.broken or not keys:
             return {}
         found: dict[bytes, Any] = {}
@@ -215,6 +241,27 @@ class HostMemo:
         except (sqlite3.Error, OSError) as exc:
             self._give_up(exc)
 
+    def store_soon(self, entries: Sequence[tuple[bytes, Any]]) -> None:
+        """``store`` at the end of this turn of the running event loop, in one transaction with every other
+        answer that arrived in the same turn: a transaction costs more than the rows in it."""
+        if not entries:
+            return
+        if not self._pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop: at once
+                self.store(entries)
+                return
+            loop.call_soon(self._flush)
+        self._pending.extend(entries)
+
+    def _flush(self) -> None:
+        entries, self._pending = self._pending, []
+        try:
+            self.store(entries)
+        except Exception as exc:  # noqa: BLE001 - the memo never costs an answer
+            log.debug("answers not memoised: %s", exc)
+
     def prune(self) -> None:
         """Forget what is too old, then the oldest until both bounds hold with a tenth to spare."""
         if self.broken:
@@ -225,7 +272,11 @@ class HostMemo:
             with connection:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute("DELETE FROM memo WHERE stored < ?", (self.clock() - s.max_age_s,))
+                kept = connection.execute("SELECT entries, bytes FROM memo_size").fetchone()
+                if kept is not None and kept[0] <= s.max_entries and kept[1] <= s.max_bytes:
+                    return  # within both bounds, by the count the triggers keep (it never errs low)
                 count, size = connection.execute("SELECT COUNT(*), TOTAL(size) FROM memo").fetchone()
+                connection.execute("INSERT OR REPLACE INTO memo_size VALUES (0, ?, ?)", (count, size))
                 if count > s.max_entries or size > s.max_bytes:
                     keep_count, keep_bytes, drop = int(s.max_entries * 0.9), s.max_bytes * 0.9, 0
                     for (entry_size,) in connection.execute("SELECT size FROM memo ORDER BY stored"):
@@ -241,6 +292,8 @@ class HostMemo:
             self._give_up(exc)
 
     def close(self) -> None:
+        if self._pending:
+            self._flush()
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == os.getpid():
             connection.close()
@@ -257,11 +310,18 @@ class RememberingClient:
     def __init__(self, client: Any, memo: HostMemo, scope: str) -> None:
         self.client, self.memo, self.scope = client, memo, scope
         self.config = client.config
+        # Keys made for text values, and the parameters they were made with: the batch's keys are made
+        # before its calls, and each call's answers are stored under the same keys, hashed once.
+        self._known: dict[str, bytes] = {}
+        self._known_for: tuple[Any, Any] | None = None
 
     def keys(self, values: Sequence[Any], params: Mapping[str, Any] | None,
              response_format: Mapping[str, Any] | None) -> list[bytes | None]:
         """One key per row (None for a NULL row); a value repeated in the batch is hashed once."""
-        seen: dict[str, bytes] = {}
+        known = self._known_for
+        if known is None or known[0] is not params or known[1] is not response_format:
+            self._known, self._known_for = {}, (params, response_format)
+        seen = self._known
         keys: list[bytes | None] = []
         for value in values:
             if value is None:
@@ -281,7 +341,8 @@ class RememberingClient:
         if result.error is None and result.results is not None and len(result.results) == len(inputs):
             try:
                 keys = self.keys(inputs, params, response_format)
-                self.memo.store([(key, answer) for key, answer in zip(keys, result.results) if key is not None])
+                self.memo.store_soon([(key, answer) for key, answer in zip(keys, result.results)
+                                      if key is not None])
             except Exception as exc:  # noqa: BLE001 - the memo never costs an answer
                 log.debug("answer not memoised: %s", exc)
         return result
