@@ -21,6 +21,26 @@ import pytest
 FAST: dict[str, Any] = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 
 
+# ---------------------------------------------------------------- a job file
+
+# A small job spec as a user writes it; tests change one line of it and check the line an error names
+# (the prompt is on line 8).
+JOB_YAML = """\
+job: broken
+input:
+  table: t
+  key: id
+outputs:
+  answer:
+    endpoint: job-chat
+    prompt: "Hi {body}"
+results:
+  table: answers
+usage:
+  table: usage
+"""
+
+
 # ---------------------------------------------------------------- fake clocks
 
 class Clock:

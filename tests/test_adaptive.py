@@ -15,6 +15,15 @@ def deliver(rate: AdaptiveRate, clock: Clock, per_second: float, seconds: float)
         rate.success()
 
 
+def cut_after(per_second: float) -> tuple[Clock, AdaptiveRate]:
+    """A learned rate that delivered ``per_second`` for a second, then got its first 429."""
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    deliver(rate, clock, per_second, 1.0)
+    rate.rate_limited()
+    return clock, rate
+
+
 def keep_up(rate: AdaptiveRate, clock: Clock, seconds: float, least: float = 0.0) -> list[float]:
     """Send as fast as the pace allows (``least`` at the very least); returns each pace seen."""
     seen, end = [rate.rate], clock.now + seconds
@@ -35,18 +44,12 @@ def test_unpaced_until_the_first_429():
 
 
 def test_first_429_paces_just_below_what_was_delivered():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 400, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(400)
     assert rate.rate == pytest.approx(400 * law.CUT, rel=0.02)
 
 
 def test_a_burst_of_429s_is_one_cut():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 100, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(100)
     first = rate.rate
     for _ in range(50):
         clock.now += 0.001
@@ -58,10 +61,7 @@ def test_a_burst_of_429s_is_one_cut():
 
 
 def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 100, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(100)
     deliver(rate, clock, 10, 1.0)  # the first cap is a guess made while ramping up; a second one settles it
     deliver(rate, clock, 100, 1.0)
     clock.now += 1.0
@@ -79,20 +79,14 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
 
 
 def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 50, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(50)
     first = rate.rate
     deliver(rate, clock, 50, 1.05)
     assert rate.rate > max(first, rate.ceiling) * 1.25  # 10% steps: a low first guess is left behind quickly
 
 
 def test_a_pace_the_pool_does_not_use_is_not_raised():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 100, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(100)
     paced = rate.rate
     deliver(rate, clock, paced / 4, 2.0)  # few rows left: the pool sends far less than the pace allows
     assert rate.rate == paced  # neither back to the cap nor above it
@@ -121,10 +115,7 @@ def test_no_pace_from_a_429_before_anything_was_delivered():
 
 
 def test_pacing_spreads_requests_at_the_learned_rate():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 50, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(50)
     waits = [rate.reserve() for _ in range(100)]
     # After a small burst, request i waits about i / rate seconds.
     assert waits[-1] == pytest.approx(100 / rate.rate, rel=0.05)
@@ -132,10 +123,7 @@ def test_pacing_spreads_requests_at_the_learned_rate():
 
 
 def test_never_below_the_floor():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 100, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(100)
     for _ in range(100):
         clock.now += 1.0
         rate.rate_limited()
@@ -170,10 +158,7 @@ def test_the_endpoints_stated_limit_sets_the_rate_and_bounds_the_probe():
 
 
 def test_a_second_job_starts_from_a_recent_rate_and_forgets_an_old_one():
-    clock = Clock()
-    rate = AdaptiveRate(clock=clock)
-    deliver(rate, clock, 100, 1.0)
-    rate.rate_limited()
+    clock, rate = cut_after(100)
     learned = rate.rate
     clock.now += 30.0
     assert rate.restart() is False and rate.rate == learned  # 30 s later: kept, to be searched again

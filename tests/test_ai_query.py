@@ -19,6 +19,7 @@ from batch._flow.pace import LearnedRate
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
 from batch._types import to_json_schema, parse_ddl
 from batch._udf import make_udf
+from support import answer, failure, texts
 
 pytestmark = pytest.mark.spark
 
@@ -28,23 +29,8 @@ STRING = T.StringType()
 FLOATS = T.ArrayType(T.FloatType(), True)
 
 
-def texts(spark, values, parts=1):
-    """One partition by default, so that every row is in one task and one Arrow batch."""
-    return spark.createDataFrame([(v,) for v in values], "p string").coalesce(parts)
-
-
 def answers(df, column="a"):
     return [row[column] for row in df.collect()]
-
-
-def failure(df) -> str:
-    with pytest.raises(Exception) as caught:
-        df.collect()
-    return str(caught.value)
-
-
-def answer(prompt, max_tokens=None):
-    return None if prompt is None else simulated_answer(prompt, max_tokens)[0]
 
 
 def close(vector, text, dim=16):

@@ -21,7 +21,6 @@ What each kind of bad input gets:
 from __future__ import annotations
 
 import asyncio
-import textwrap
 
 import pytest
 import yaml
@@ -33,28 +32,15 @@ from batch._client import EndpointClient
 from batch.config import registry
 from batch._engine import answer_rows
 from batch.errors import ConfigError
-from batch.serve import simulated_answer, simulated_embedding
+from batch.serve import simulated_embedding
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
+from support import JOB_YAML, answer, failure, table, texts, tickets
 
 pytestmark = pytest.mark.spark
 
 MEGABYTE = "m" * 1_000_000
 ODD = "emoji 😀, NUL \x00, שלום, e\u0301, zero\u200bwidth, \ufeffbom"
-
-
-def answer(prompt, max_tokens=None):
-    return None if prompt is None else simulated_answer(prompt, max_tokens)[0]
-
-
-def texts(spark, values, parts=1):
-    return spark.createDataFrame([(v,) for v in values], "p string").coalesce(parts)
-
-
-def failure(df) -> str:
-    with pytest.raises(Exception) as caught:
-        df.collect()
-    return str(caught.value)
 
 
 # ---------------------------------------------------------------- prompts at the edges
@@ -158,12 +144,6 @@ def test_unexpected_answer_shape_is_a_row_error_not_retried(spark, srv, endpoint
 TRIAGE = "STRUCT<topic: STRING, urgent: BOOLEAN>"
 
 
-def _table(spark, db: str, rows: list, ddl: str) -> None:
-    spark.sql(f"DROP DATABASE IF EXISTS {db} CASCADE")
-    spark.sql(f"CREATE DATABASE {db}")
-    spark.createDataFrame(rows, ddl).write.format("parquet").saveAsTable(f"{db}.rows")
-
-
 def _spec(db: str, outputs: dict, **changes) -> dict:
     return {"job": "bad-input", "input": {"table": f"{db}.rows", "key": "id"}, "outputs": outputs,
             "results": {"table": f"{db}.answers"}, "usage": {"table": f"{db}.usage"},
@@ -173,7 +153,7 @@ def _spec(db: str, outputs: dict, **changes) -> dict:
 def test_a_job_keeps_every_row_and_says_what_was_wrong(spark, srv, endpoints):
     srv.configure(max_prompt_chars=2000)
     bodies = ["a good ticket", None, "", "   ", MEGABYTE, "odd [[nonconforming]]", ODD, "bad [[badjson]]"]
-    _table(spark, "bad_job", list(enumerate(bodies)), "id int, body string")
+    tickets(spark, "bad_job", bodies, "rows")
     spec = parse_spec(_spec("bad_job", {
         "answer": {"endpoint": "chat", "request": "body"},
         "triage": {"endpoint": "dbx-chat", "request": "body", "responseFormat": TRIAGE, "returnType": TRIAGE},
@@ -208,7 +188,7 @@ def test_a_job_keeps_every_row_and_says_what_was_wrong(spark, srv, endpoints):
 ])
 def test_a_job_checks_request_types_before_any_call(spark, srv, endpoints, tmp_path, output, needle):
     if not spark.catalog.tableExists("bad_types.rows"):
-        _table(spark, "bad_types", [(1, 5, bytearray(b"\xff"), "text")], "id int, n int, raw binary, body string")
+        table(spark, "bad_types.rows", [(1, 5, bytearray(b"\xff"), "text")], "id int, n int, raw binary, body string")
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(_spec("bad_types", {"out": output}), sort_keys=False))
     spec = load_spec(path)
@@ -222,18 +202,7 @@ def test_a_job_checks_request_types_before_any_call(spark, srv, endpoints, tmp_p
 
 def test_malformed_job_file_names_file_and_line(tmp_path):
     path = tmp_path / "broken.yaml"
-    path.write_text(textwrap.dedent("""\
-        job: broken
-        input:
-          table: t
-          key: id
-        outputs:
-          answer:
-            endpoint: chat
-            prompt: "Hi {body}
-        results:
-          table: answers
-        """))
+    path.write_text(JOB_YAML.replace('prompt: "Hi {body}"', 'prompt: "Hi {body}'))  # the quote never ends
     with pytest.raises(ConfigError) as caught:
         load_spec(path)
     message = str(caught.value)

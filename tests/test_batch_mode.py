@@ -19,10 +19,10 @@ from batch.serve import simulated_answer
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from jobs.usage import Price
+from support import FAST, tickets
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 
 
 def _batches(srv, **changes) -> dict:
@@ -52,12 +52,6 @@ def _spec(db: str, execution=None, **changes) -> dict:
     return spec
 
 
-def _tickets(spark, db: str, bodies: list[str]) -> None:
-    spark.sql(f"DROP DATABASE IF EXISTS {db} CASCADE")
-    spark.sql(f"CREATE DATABASE {db}")
-    spark.createDataFrame(list(enumerate(bodies)), "id int, body string").write.saveAsTable(f"{db}.tickets")
-
-
 def _comparable(spark, table: str) -> list[tuple]:
     """Everything but what differs by nature between two runs (run ids, times, latency)."""
     out = []
@@ -73,8 +67,8 @@ def test_batch_mode_writes_what_sync_mode_writes(spark, batch_srv):
     srv = batch_srv
     bodies = [f"batch ticket {i} about shipping" for i in range(150)]
     bodies += [f"[[fail:400]] refused ticket {i}" for i in range(3)]
-    _tickets(spark, "bm_sync", bodies)
-    _tickets(spark, "bm_batch", bodies)
+    tickets(spark, "bm_sync", bodies)
+    tickets(spark, "bm_batch", bodies)
     prices = {"bm-chat": Price(input=1.0, output=2.0)}
     sync = run_job(spark, parse_spec(_spec("bm_sync")), prices=prices)
     assert sync.ok and sync.rows_failed == 3

@@ -22,6 +22,7 @@ import yaml
 
 from spark_cluster import (StandaloneCluster, client_main, java_available, rate_figures, run_client, spark_env,
                            FAST, RATED_ROWS, RATED_RPM)
+from support import restore
 
 pytestmark = pytest.mark.cluster
 
@@ -71,9 +72,7 @@ def run(cluster, server, tmp_path_factory):
     """One client application on the cluster; every test below reads what it reported."""
     work = tmp_path_factory.mktemp("cluster-client")
     token = os.environ[TOKEN_ENV]
-    server.configure(latency_ms=0, latency_jitter_ms=0, rate_limit=0, fault_rate=0.0, token=token,
-                     max_prompt_chars=0, embedding_dim=16)
-    server.reset()
+    restore(server, token=token)
     source = work / "tickets.json"
     source.write_text("".join(json.dumps({"id": i, "body": b}) + "\n" for i, b in enumerate(TICKETS)))
     endpoints = work / "endpoints.yaml"
@@ -189,7 +188,7 @@ def cluster_client(master: str, spec: str, endpoints: str, server: str) -> dict:
     from pyspark.sql import functions as F
 
     import batch
-    from batch._functions import task_slots
+    from batch._cluster import task_slots
     from jobs.cli import main
 
     started = time.monotonic()

@@ -20,6 +20,7 @@ import yaml
 
 from spark_cluster import (ConnectServer, client_main, java_available, rate_figures, run_client, spark_env,
                            FAST, RATED_ROWS, RATED_RPM)
+from support import restore
 
 pytestmark = pytest.mark.cluster
 
@@ -46,9 +47,7 @@ def connect_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(connect_server, server, tmp_path_factory):
     work = tmp_path_factory.mktemp("connect-client")
-    server.configure(latency_ms=0, latency_jitter_ms=0, rate_limit=0, fault_rate=0.0, token=None,
-                     max_prompt_chars=0, embedding_dim=16)
-    server.reset()
+    restore(server)
     source = work / "tickets.json"
     source.write_text("".join(json.dumps({"id": i, "body": b}) + "\n" for i, b in enumerate(TICKETS)))
     endpoints = work / "endpoints.yaml"
@@ -141,7 +140,7 @@ class _RemoteSession:
     ({}, None, 1),
 ])
 def test_task_slots_without_a_spark_context(conf, splits, slots):
-    from batch._functions import rate_share, task_slots
+    from batch._cluster import rate_share, task_slots
     from batch.config import EndpointConfig
 
     session = _RemoteSession(conf, splits)
@@ -168,7 +167,7 @@ def connect_client(url: str, spec: str, endpoints: str, server: str) -> dict:
     from pyspark.sql import functions as F
 
     import batch
-    from batch._functions import SLOTS_CONF, task_slots
+    from batch._cluster import SLOTS_CONF, task_slots
     from jobs.cli import main
 
     started = time.monotonic()

@@ -19,7 +19,7 @@ from batch.serve import simulated_answer
 from jobs.cli import main
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
-from support import FAST, tickets
+from support import FAST, JOB_YAML, tickets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,22 +146,6 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-BASE = """\
-job: broken
-input:
-  table: t
-  key: id
-outputs:
-  answer:
-    endpoint: job-chat
-    prompt: "Hi {body}"
-results:
-  table: answers
-usage:
-  table: usage
-"""
-
-
 @pytest.mark.parametrize("change, line, words", [
     (("    prompt: \"Hi {body}\"\n", "    prompt: \"Hi {body}\"\n    colour: blue\n"), 9, "unknown key 'colour'"),
     (("    endpoint: job-chat\n", "    endpoint: no-such-endpoint\n"), 7, "unknown endpoint 'no-such-endpoint'"),
@@ -174,7 +158,7 @@ usage:
     (("outputs:\n", "outputs\n"), None, "malformed YAML"),
 ])
 def test_spec_errors_name_file_and_line(tmp_path, job_endpoints, change, line, words):
-    path = _write(tmp_path, BASE.replace(*change))
+    path = _write(tmp_path, JOB_YAML.replace(*change))
     with pytest.raises(ConfigError) as caught:
         load_spec(path)
     message = str(caught.value)
@@ -184,7 +168,7 @@ def test_spec_errors_name_file_and_line(tmp_path, job_endpoints, change, line, w
 
 
 def test_cli_reports_a_spec_error_before_spark_starts(tmp_path):
-    path = _write(tmp_path, BASE.replace("    endpoint: job-chat\n", "    endpoint: missing-endpoint\n"))
+    path = _write(tmp_path, JOB_YAML.replace("    endpoint: job-chat\n", "    endpoint: missing-endpoint\n"))
     done = subprocess.run([sys.executable, "-m", "jobs", "run", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2
@@ -206,7 +190,7 @@ def test_row_counts_on_the_command_line_are_checked(argv, words, capsys):
 @pytest.mark.spark
 def test_missing_column_is_reported_with_its_line(spark, job_endpoints, tmp_path):
     tickets(spark, "jobs_f", ["x"])
-    path = _write(tmp_path, BASE.replace("table: t", "table: jobs_f.tickets").replace("{body}", "{bodyy}")
+    path = _write(tmp_path, JOB_YAML.replace("table: t", "table: jobs_f.tickets").replace("{body}", "{bodyy}")
                   .replace("table: answers", "table: jobs_f.answers").replace("table: usage", "table: jobs_f.u"))
     with pytest.raises(ConfigError, match=r"\{bodyy\}, which is not an input column") as caught:
         run_job(spark, load_spec(path), prices={})

@@ -84,9 +84,8 @@ def _prompt(demo, ticket: str, output: str = "summary") -> str:
 @pytest.fixture(scope="module")
 def previewed(spark, demo, server, large):
     """One ``python -m jobs preview ... --endpoint pv-chat --endpoint pv-chat-large`` through the CLI."""
-    server.configure(latency_ms=0, fault_rate=0.0, rate_limit=0, token=None)
-    server.reset()
-    large.reset()
+    support.restore(server)
+    support.restore(large)
     out = io.StringIO()  # capsys is per test; the preview is run once for the module
     with contextlib.redirect_stdout(out):
         code = main(["preview", str(demo["path"]), "--rows", str(ROWS), "--endpoint", "pv-chat",

@@ -15,6 +15,7 @@ from jobs.spec import parse_spec
 from jobs.svg import PALETTE, bar_chart, line_chart, nice_ticks, range_bars, Series
 
 from browser import colour_counts, hex_rgb, read_png, screenshot
+from support import FAST, restore, tickets
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60
@@ -53,13 +54,10 @@ def test_charts_have_axes_ticks_and_escaped_labels():
 @pytest.fixture(scope="module")
 def ran(spark, server):
     """One run of a 60-row job, 30 rows a chunk, one row in ten refused by the endpoint."""
-    registry.add("rep-chat", api="openai", base_url=server.url + "/v1", max_retries=3, initial_backoff=0.01,
-                 max_backoff=0.05, timeout=10.0)
-    server.configure(latency_ms=30, latency_jitter_ms=40, fault_rate=0.0, rate_limit=0, token=None)
-    spark.sql("DROP DATABASE IF EXISTS rep CASCADE")
-    spark.sql("CREATE DATABASE rep")
+    registry.add("rep-chat", api="openai", base_url=server.url + "/v1", **{**FAST, "max_retries": 3})
+    restore(server, latency_ms=30, latency_jitter_ms=40)
     bodies = [f"report row {i}" + (" [[fail:400]]" if i % 10 == 4 else "") for i in range(ROWS)]
-    spark.createDataFrame(list(enumerate(bodies)), "id int, body string").write.saveAsTable("rep.tickets")
+    tickets(spark, "rep", bodies)
     spec = parse_spec({"job": "report-job", "input": {"table": "rep.tickets", "key": "id"},
                        "outputs": {"answer": {"endpoint": "rep-chat", "request": "body"}},
                        "results": {"table": "rep.answers"}, "usage": {"table": "rep.usage"},
@@ -67,7 +65,7 @@ def ran(spark, server):
     try:
         result = run_job(spark, spec, prices={})
     finally:
-        server.configure(latency_ms=0, latency_jitter_ms=0)
+        restore(server)
     return result
 
 

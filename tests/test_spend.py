@@ -11,15 +11,15 @@ import pytest
 from batch.config import registry
 from batch.serve import simulate as sim
 from batch._wire import Usage
-from jobs.cli import summary
+from jobs.summary import summary
 from jobs.estimate import describe, estimate_job
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
 from jobs.usage import Price, load_prices
+from support import FAST
 
 pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(max_retries=4, initial_backoff=0.01, max_backoff=0.05, timeout=10.0)
 
 
 @pytest.fixture
