@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from . import law
 from .rate import after, book
-from .shared import Slab
+from .shared import Cells, Slab
 
 __all__ = ["LearnedRate", "LEARNED_TTL", "STATED_TTL"]
 
@@ -60,7 +60,7 @@ class LearnedRate:
         self.clock, self.window, self.interval = clock, window, interval
         self.slot = window / SLOTS
         self.slab = Slab(SIZE, share)
-        self.v = self.slab.values
+        self.v: Cells = self.slab.values
         # Counts kept in this worker for up to ``FLUSH`` seconds, so that most requests take no lock.
         self._sent = self._done = 0
         self._flushed = NEVER

@@ -23,18 +23,30 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
+from typing import Protocol
 
 try:
     import fcntl
 except ImportError:  # not a POSIX system: every worker keeps its own pace
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Slab", "path_for", "shared_dir", "private_dir"]
+__all__ = ["Cells", "Slab", "path_for", "shared_dir", "private_dir"]
 
 log = logging.getLogger("batch._flow.shared")
 
 CELL = 8
 STALE_FILE_S = 24 * 3600.0  # files untouched for a day belong to endpoints nobody asks any more
+
+
+class Cells(Protocol):
+    """What a slab's cells are to their users: float64 numbers by index (a mapped ``memoryview`` cast to
+    doubles, or a private ``array('d')``)."""
+
+    def __getitem__(self, index: int, /) -> float: ...
+
+    def __setitem__(self, index: int, value: float, /) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 def shared_dir() -> Path:
@@ -73,6 +85,8 @@ class Slab:
         self.path: Path | None = None
         self._fd = -1
         self._map: mmap.mmap | None = None
+        self._view: memoryview[float] | None = None
+        self.values: Cells
         if key is not None and fcntl is not None:
             try:
                 self._open(key)
@@ -80,7 +94,7 @@ class Slab:
                 log.debug("pace not shared across workers (%s)", exc)
                 self.close()
         if self._map is None:
-            self.values: memoryview | array = array("d", bytes(size * CELL))
+            self.values = array("d", bytes(size * CELL))
             self.lock = self.unlock = _nothing
 
     def _open(self, key: str) -> None:
@@ -96,7 +110,8 @@ class Slab:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._map = mmap.mmap(self._fd, self.size * CELL)
-        self.values = memoryview(self._map).cast("d")
+        self._view = view = memoryview(self._map).cast("d")
+        self.values = view
         fd = self._fd
         self.lock = lambda: fcntl.flock(fd, fcntl.LOCK_EX)
         self.unlock = lambda: fcntl.flock(fd, fcntl.LOCK_UN)
@@ -111,7 +126,9 @@ class Slab:
 
     def close(self) -> None:
         if self._map is not None:
-            self.values.release()
+            if self._view is not None:
+                self._view.release()
+                self._view = None
             self._map.close()
             self._map = None
         if self._fd >= 0:
