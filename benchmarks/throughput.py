@@ -7,7 +7,8 @@ nothing was learned about) and a second run warm (same application, new rows).
                rows/s over the cap cold and warm, share of 429s, failed rows, and a pandas UDF with 32
                threads that sleeps Retry-After in the thread that got the 429, same server, same run
   latency      10,000 rows, no cap, 1 s latency, cold: wall time and peak in-flight requests at the server
-  cpu          client CPU per request in the Python workers (process CPU time over the run), cold and warm
+  cpu          client CPU per request in the Python workers of this application (process CPU time over the
+               run), cold (worker start-up included, and shown alone) and warm
   scale        10k vs 100k rows: time ratio, peak worker memory
   overhead     the same requests through the UDF layer vs the toolkit's client alone, outside Spark
   baselines    row-at-a-time UDF and pandas UDF + thread pool (hand-rolled), uncapped server: rows/s and our ratio
@@ -47,18 +48,28 @@ CLK = os.sysconf("SC_CLK_TCK")
 
 
 def python_workers() -> list[int]:
-    """Pids of PySpark's Python daemon and workers (children of this driver's JVM)."""
-    pids = []
+    """Pids of PySpark's Python daemons and workers started by this driver (descendants of this process, through
+    its JVM): other Spark applications on the machine (a test suite, another benchmark) have their own."""
+    parents, commands = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError, ValueError):
             continue
-        if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
-            pids.append(int(entry))
-    return pids
+    me = os.getpid()
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    return [pid for pid, cmd in commands.items()
+            if (b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd) and ours(pid)]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -238,18 +249,36 @@ class Bench:
         self.report("latency-bound: peak in-flight at the server", str(stats["max_in_flight"]), "(reference)")
 
     def cpu(self) -> None:
+        """Python worker CPU per request answered. Cold is the first job of a new application, so it includes
+        starting the workers (an interpreter each, importing PySpark, pandas, PyArrow and this package): that
+        is also measured alone, as the CPU of a new application's workers over a job of one row per worker,
+        and taken off the cold run to show what each request costs once the workers are up."""
         rows = 8000 if self.quick else 20000
         self.fresh()
         with ServerProcess(latency_ms=20) as server:
+            name = self.endpoint("cpu-start", server)
+            startup, _ = self.worker_cpu(server, name, 2, "start")  # one row in each of the two partitions
+            self.fresh()
             name = self.endpoint("cpu", server)
-            for run in ("cold", "warm"):
-                before = cpu_seconds(python_workers())
-                server.reset()
-                self.run(self.query(name, self.rows(rows, run)))
-                requests = server.stats()["requests"]
-                used = cpu_seconds(python_workers()) - before
-                self.report(f"client CPU per request (Python workers), {run}", f"{used / requests * 1e6:,.0f} us",
-                            "<= 150 us")
+            cold, requests = self.worker_cpu(server, name, rows, "cold")
+            warm, warm_requests = self.worker_cpu(server, name, rows, "warm")
+        self.report(f"client CPU per request (Python workers), cold, {rows:,} rows", f"{cold / requests * 1e6:,.0f} us",
+                    "<= 150 us")
+        self.report("  of which starting the Python workers", f"{startup:.2f} s ({startup / requests * 1e6:,.0f} us "
+                    "a request)", "(reference)")
+        self.report("  cold, once the workers are up", f"{max(0.0, cold - startup) / requests * 1e6:,.0f} us",
+                    "<= 150 us")
+        self.report("client CPU per request (Python workers), warm", f"{warm / warm_requests * 1e6:,.0f} us",
+                    "<= 150 us")
+
+    def worker_cpu(self, server: ServerProcess, name: str, rows: int, prefix: str) -> tuple[float, int]:
+        """CPU seconds this application's Python workers spent over one job (workers started by the job
+        included), and the requests the server answered in it."""
+        before = cpu_seconds(python_workers())
+        server.reset()
+        self.run(self.query(name, self.rows(rows, prefix)))
+        requests = server.stats()["requests"]
+        return cpu_seconds(python_workers()) - before, requests
 
     def scale(self) -> None:
         small, large = (5000, 50000) if self.quick else (10000, 100000)
