@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import httpx
 
 from ._auth import credentials_for
+from ._budget import per_second_budgets
 from .config import EndpointConfig
 from .errors import (EndpointError, InvalidResponseError, NoAnswerError, RateLimitError, TransportError,
                      status_error)
@@ -71,17 +72,17 @@ class EndpointClient:
                  rate_share: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rand: Callable[[], float] = random.random, share_pace: bool = False) -> None:
-        """``rate_share`` is the part of the endpoint's per-minute budgets this client may use.
+        """``rate_share``: the fraction of the endpoint's per-minute budgets this client may use
+        (``batch._budget.budget_share``).
         ``share_pace``: learn the endpoint's rate limit together with the other workers on this host."""
         self.config = config
         self.url = config.url()
         self.transport = transport or make_transport(verify=config.verify_tls)
         self.credentials = credentials_for(config, self.transport, clock=clock)
         self.policy = RetryPolicy(config.max_retries, config.initial_backoff, config.max_backoff)
-        per_second = lambda per_minute: per_minute * rate_share / 60.0 if per_minute else None  # noqa: E731
-        self.flow = FlowControl(max_concurrency=config.max_concurrency,
-                                requests_per_second=per_second(config.requests_per_minute),
-                                tokens_per_second=per_second(config.tokens_per_minute), clock=clock, sleep=sleep,
+        requests_per_second, tokens_per_second = per_second_budgets(config, rate_share)
+        self.flow = FlowControl(max_concurrency=config.max_concurrency, requests_per_second=requests_per_second,
+                                tokens_per_second=tokens_per_second, clock=clock, sleep=sleep,
                                 share=pace_key(config) if share_pace else None)
         self.stats = ClientStats()
         self._clock, self._sleep, self._rand = clock, sleep, rand

@@ -23,7 +23,8 @@ from batch._yaml import Lines, load_yaml
 from batch.config import registry
 from batch._engine import ROW_RECORD
 from batch.errors import ConfigError
-from batch._functions import query_column, task_slots
+from batch._cluster import task_slots
+from batch._functions import query_column
 
 from . import page, svg
 from .runner import _check_input, read_input, request_column

@@ -30,7 +30,8 @@ from pyspark.sql.functions import pandas_udf
 
 from batch.errors import ConfigError
 from batch._engine import ROW_RECORD
-from batch._functions import query_column, task_slots
+from batch._cluster import task_slots
+from batch._functions import query_column
 from batch._memo import body_digest
 from batch._udf import request_values
 from batch._wire import request_body
