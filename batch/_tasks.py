@@ -10,36 +10,38 @@ Classification asks for a JSON schema whose ``enum`` is the labels and keeps the
 (any other answer is NULL, as Databricks returns NULL when it cannot classify);
 extraction asks for a DDL struct of one STRING field per label and parses into it.
 ``ai_similarity`` embeds both texts in the same requests and compares them in numpy.
+
+Every task answers through ``ai_query``'s UDF factory (``batch._udf``); a task says only
+what differs (its ``answering``, its arguments). This module knows no SQL but how a
+prompt is written in it: ``batch._sql`` reads ``TASKS`` to call the tasks from
+``batch.sql`` and raw ``spark.sql``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, SparkSession
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.functions import pandas_udf
 
 from ._arguments import QuerySpec, build_spec
 from .config import EndpointConfig, get_endpoint, registry
-from ._engine import Memo, RowOutcome
+from ._engine import RowOutcome
 from .errors import ConfigError
-from ._functions import query_column, rate_share
-from ._memo import MemoSettings, answer_remembered, settings_from_env
-from ._runtime import worker_runtime
-from ._sql import (HANDLERS, answer_series, bind_arguments, first, freeze, literal, typed_call, udf_name,
-                  worker_share)
-from ._udf import pipelined, raise_failures, request_values
+from ._functions import query_column
+from ._memo import MemoSettings
+from ._udf import Answering, answer_series, one_column, raise_failures, request_values
 
 __all__ = ["ai_analyze_sentiment", "ai_classify", "ai_extract", "ai_fix_grammar", "ai_gen", "ai_mask",
-           "ai_similarity", "ai_summarize", "ai_translate", "PromptTask", "SimilarityTask", "TASKS",
-           "register_tasks", "SENTIMENTS"]
+           "ai_similarity", "ai_summarize", "ai_translate", "PromptTask", "SimilarityTask", "Task", "TaskDef",
+           "TASKS", "SENTIMENTS"]
 
 SENTIMENTS = ("positive", "negative", "neutral", "mixed")
 MAX_LABELS = 500
@@ -62,13 +64,18 @@ class PromptTask:
     spec: QuerySpec
     parts: tuple[str | Arg, ...]
 
+    @property
+    def answering(self) -> Answering:
+        return one_column(self.spec)
+
     def column(self, **args: Column) -> Column:
         prompt = F.concat(*(F.lit(p) if isinstance(p, str) else args[p.name] for p in self.parts))
         return query_column(self.spec, prompt, name=self.name)
 
-    def sql(self, spark: SparkSession, **args: str) -> str:
+    def sql_arguments(self, **args: str) -> list[str]:
+        """The UDF's argument in SQL text: the prompt as a ``concat`` of literals and the given expressions."""
         pieces = [sql_string(p) if isinstance(p, str) else f"({args[p.name]})" for p in self.parts]
-        return typed_call(spark, self.spec, f"concat({', '.join(pieces)})", self.name)
+        return [f"concat({', '.join(pieces)})"]
 
     def render(self, **values: str) -> str:
         """The prompt one row sends, for documentation and for checking answers."""
@@ -76,8 +83,7 @@ class PromptTask:
 
     def series(self, remember: MemoSettings | None = None, **args: pd.Series) -> pd.Series:
         """Answers for raw ``spark.sql``, where the prompt is joined in pandas (whole columns at once)."""
-        prompt = _join(self.parts, args)
-        return answer_series(self.spec, request_values(prompt, self.spec), remember=remember)
+        return answer_series(self.spec, _join(self.parts, args), remember=remember)
 
 
 @dataclass(frozen=True)
@@ -87,19 +93,21 @@ class SimilarityTask:
     name: str
     spec: QuerySpec
 
-    def column(self, expr1: Column, expr2: Column) -> Column:
-        return similarity_udf(self.spec, rate_share(self.spec.endpoint), self.name)(expr1, expr2)
+    @property
+    def answering(self) -> Answering:
+        return Answering(functools.partial(_pair_requests, spec=self.spec), cosines, T.FloatType())
 
-    def sql(self, spark: SparkSession, expr1: str, expr2: str) -> str:
-        name = udf_name(self.spec, self.name)
-        spark.udf.register(name, similarity_udf(self.spec, rate_share(self.spec.endpoint, spark), self.name))
-        return f"{name}({expr1}, {expr2})"
+    def column(self, expr1: Column, expr2: Column) -> Column:
+        return query_column(self.spec, expr1, expr2, name=self.name, answering=self.answering)
+
+    def sql_arguments(self, expr1: str, expr2: str) -> list[str]:
+        return [expr1, expr2]
 
     def series(self, expr1: pd.Series, expr2: pd.Series, remember: MemoSettings | None = None) -> pd.Series:
-        runtime = worker_runtime()
-        future = _embed_pair(runtime, runtime.client(self.spec.endpoint, worker_share(self.spec.endpoint)), self.spec,
-                             expr1, expr2, remember)
-        return cosines(future.result())
+        return answer_series(self.spec, (expr1, expr2), self.answering, remember)
+
+
+Task = PromptTask | SimilarityTask
 
 
 def sql_string(text: str) -> str:
@@ -124,10 +132,8 @@ def _join(parts: Sequence[str | Arg], args: dict[str, pd.Series]) -> pd.Series:
 
 # ---------------------------------------------------------------- similarity in the worker
 
-def _embed_pair(runtime: Any, client: Any, spec: QuerySpec, expr1: pd.Series, expr2: pd.Series,
-                remember: MemoSettings | None, memo: Memo | None = None) -> Any:
-    values = request_values(expr1, spec) + request_values(expr2, spec)
-    return runtime.submit(answer_remembered(remember, client, values, convert=spec.converter(), memo=memo))
+def _pair_requests(pair: tuple[pd.Series, pd.Series], spec: QuerySpec) -> list[Any]:
+    return request_values(pair[0], spec) + request_values(pair[1], spec)
 
 
 def cosines(outcomes: list[RowOutcome]) -> pd.Series:
@@ -144,20 +150,6 @@ def cosines(outcomes: list[RowOutcome]) -> pd.Series:
         with np.errstate(divide="ignore", invalid="ignore"):
             result[both] = np.einsum("ij,ij->i", a, b) / norms
     return pd.Series(result)
-
-
-def similarity_udf(spec: QuerySpec, share: float, name: str = "ai_similarity"):
-    remember = settings_from_env()  # read here, on the driver: see MemoSettings
-
-    def run(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
-        runtime = worker_runtime()
-        client = runtime.client(spec.endpoint, share)
-        memo = Memo()
-        yield from pipelined(batches, lambda pair: _embed_pair(runtime, client, spec, *pair, remember, memo),
-                             cosines)
-
-    run.__name__ = run.__qualname__ = name
-    return pandas_udf(run, T.FloatType()).asNondeterministic()
 
 
 # ---------------------------------------------------------------- building calls
@@ -271,7 +263,7 @@ class TaskDef:
     ``raw_type`` is the fixed type that lets raw ``spark.sql`` call the task (None: batch.sql only).
     """
 
-    build: Callable[..., PromptTask | SimilarityTask]
+    build: Callable[..., Task]
     order: tuple[str, ...]
     constants: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
@@ -295,7 +287,7 @@ TASKS: dict[str, TaskDef] = {
 
 # ---------------------------------------------------------------- notebook functions
 
-def _apply(task: PromptTask | SimilarityTask, **args: Column | str) -> Column:
+def _apply(task: Task, **args: Column | str) -> Column:
     columns = {k: F.col(v) if isinstance(v, str) else v for k, v in args.items()}
     names = [v for v in args.values() if isinstance(v, str)]
     label = f"{task.name}({', '.join(names)})" if len(names) == len(args) else task.name
@@ -318,10 +310,12 @@ def ai_extract(content: Column | str, labels: Sequence[str], *, endpoint: str | 
 
 
 def ai_fix_grammar(content: Column | str, *, endpoint: str | None = None) -> Column:
+    """STRING: the text with its grammar and spelling corrected (NULL for a NULL text)."""
     return _apply(fix_grammar_task(endpoint), content=content)
 
 
 def ai_gen(prompt: Column | str, *, endpoint: str | None = None) -> Column:
+    """STRING: the model's answer to each prompt, sent as it is (NULL for a NULL prompt)."""
     return _apply(gen_task(endpoint), prompt=prompt)
 
 
@@ -345,100 +339,3 @@ def ai_translate(content: Column | str, to_lang: str | Column, *, endpoint: str 
     if isinstance(to_lang, Column):
         return _apply(translate_task(None, endpoint), content=content, to_lang=to_lang)
     return _apply(translate_task(to_lang, endpoint), content=content)
-
-
-# ---------------------------------------------------------------- batch.sql
-
-def _sql_handler(name: str, definition: TaskDef):
-    def handle(spark: SparkSession, args: list[str], rewrite_inner: Callable[[str], str]) -> str:
-        bound = bind_arguments(name, args, definition.order + ("endpoint",))
-        missing = [a for a in definition.order if a not in bound and a not in definition.optional]
-        if missing:
-            raise ConfigError(f"{name}: missing argument '{missing[0]}'")
-        constants, columns = _sort_arguments(name, definition, bound, rewrite_inner)
-        return definition.build(**constants).sql(spark, **columns)
-    return handle
-
-
-def _sort_arguments(name: str, definition: TaskDef, bound: dict[str, str],
-                    rewrite_inner: Callable[[str], str]) -> tuple[dict[str, Any], dict[str, str]]:
-    constants: dict[str, Any] = {}
-    columns: dict[str, str] = {}
-    for key, text in bound.items():
-        if key == "endpoint" or key in definition.constants:
-            constants[key] = literal(text, f"{name} argument '{key}'")
-            continue
-        if key in definition.flexible:
-            try:
-                value = literal(text, key)
-            except ConfigError:
-                value = None
-            if value is not None:
-                constants[key] = value
-                continue
-        columns[key] = rewrite_inner(text)
-    return constants, columns
-
-
-HANDLERS.update({name: _sql_handler(name, definition) for name, definition in TASKS.items()})
-
-
-# ---------------------------------------------------------------- raw spark.sql
-
-class _RawTasks:
-    """Task calls for raw ``spark.sql``: endpoints resolved on the driver, one call per distinct constants."""
-
-    def __init__(self) -> None:
-        self.remember = settings_from_env()  # one memo scope for every raw task call of this registration
-        self.endpoints: dict[str, EndpointConfig | ConfigError] = {}
-        for kind in ("chat", "embeddings"):
-            try:
-                self.endpoints[kind] = get_endpoint(registry.default_for(kind))
-            except ConfigError as exc:
-                self.endpoints[kind] = exc
-        self.calls: dict[Any, PromptTask | SimilarityTask] = {}
-
-    def answer(self, name: str, **args: pd.Series | None) -> pd.Series:
-        definition = TASKS[name]
-        constants = {k: first(args.pop(k)) for k in definition.constants if args.get(k) is not None}
-        key = (name, freeze(constants))
-        if key not in self.calls:
-            endpoint = self.endpoints[definition.kind]
-            if isinstance(endpoint, ConfigError):
-                raise endpoint
-            self.calls[key] = definition.build(endpoint=endpoint, **constants)
-        return self.calls[key].series(remember=self.remember, **{k: v for k, v in args.items() if v is not None})
-
-
-def register_tasks(spark: SparkSession) -> None:
-    """Register every task whose result type is fixed (all but ai_extract) for raw ``spark.sql``."""
-    raw = _RawTasks()
-
-    def ai_analyze_sentiment(content: pd.Series) -> pd.Series:
-        return raw.answer("ai_analyze_sentiment", content=content)
-
-    def ai_classify(content: pd.Series, labels: pd.Series) -> pd.Series:
-        return raw.answer("ai_classify", content=content, labels=labels)
-
-    def ai_fix_grammar(content: pd.Series) -> pd.Series:
-        return raw.answer("ai_fix_grammar", content=content)
-
-    def ai_gen(prompt: pd.Series) -> pd.Series:
-        return raw.answer("ai_gen", prompt=prompt)
-
-    def ai_mask(content: pd.Series, labels: pd.Series) -> pd.Series:
-        return raw.answer("ai_mask", content=content, labels=labels)
-
-    def ai_similarity(expr1: pd.Series, expr2: pd.Series) -> pd.Series:
-        return raw.answer("ai_similarity", expr1=expr1, expr2=expr2)
-
-    def ai_summarize(content: pd.Series, max_words: pd.Series = None) -> pd.Series:
-        return raw.answer("ai_summarize", content=content, max_words=max_words)
-
-    def ai_translate(content: pd.Series, to_lang: pd.Series) -> pd.Series:
-        return raw.answer("ai_translate", content=content, to_lang=to_lang)
-
-    for function in (ai_analyze_sentiment, ai_classify, ai_fix_grammar, ai_gen, ai_mask, ai_similarity,
-                     ai_summarize, ai_translate):
-        udf = pandas_udf(function, TASKS[function.__name__].raw_type).asNondeterministic()
-        spark.udf.register(function.__name__, udf)

@@ -6,16 +6,23 @@ each batch is handed to the process's event loop as soon as it arrives and the n
 batch is read while the last one is still being answered, so the pipe never drains
 between batches.
 
+``ai_query`` and every task function share that answering (the host memo, the worker's
+client, every row in flight); an ``Answering`` says only what differs: how a batch becomes
+request values and how the rows' outcomes become the result. ``answer_series`` is the same
+answering for one batch at a time, for the scalar UDFs of raw ``spark.sql``.
+
 A pandas UDF cannot return a NULL top-level struct (it returns a DataFrame, one
 struct per row), yet a NULL request must give a NULL result. So a STRUCT result
 with failOnError travels as a one-element ARRAY (NULL for a NULL request) and the
-caller takes its element ``[0]``: see ``wraps_result`` and ``result_column``.
+caller takes its element ``[0]``: see ``wraps_result`` and ``Answering.result_column``.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
@@ -27,13 +34,17 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.pandas.types import to_arrow_type
 
 from ._arguments import QuerySpec
+from ._cluster import worker_share
 from ._engine import ROW_RECORD, Memo, RowOutcome
 from .errors import EndpointError, InvalidRequestTypeError, ParseCastError
-from ._memo import answer_remembered, settings_from_env
+from ._memo import MemoSettings, answer_remembered, settings_from_env
 from ._runtime import worker_runtime
 
-__all__ = ["make_udf", "output_type", "udf_type", "wraps_result", "result_column", "result_sql",
-           "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
+if TYPE_CHECKING:
+    from pyspark.sql._typing import UserDefinedFunctionLike
+
+__all__ = ["make_udf", "Answering", "one_column", "answer_series", "nondeterministic_udf", "output_type", "udf_type",
+           "wraps_result", "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
 
 _SQL_TYPES = {"int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(), "string": T.StringType()}
 # The per-row record (``engine.ROW_RECORD``) as struct fields, then the error's kind.
@@ -61,14 +72,6 @@ def udf_type(spec: QuerySpec, with_metadata: bool = False) -> T.DataType:
     if wraps_result(spec, with_metadata):
         return T.ArrayType(spec.result_type, True)
     return output_type(spec, with_metadata)
-
-
-def result_column(spec: QuerySpec, column: Column) -> Column:
-    return column[0] if wraps_result(spec) else column
-
-
-def result_sql(spec: QuerySpec, call: str) -> str:
-    return f"{call}[0]" if wraps_result(spec) else call
 
 
 def request_values(batch: pd.Series | pd.DataFrame, spec: QuerySpec) -> list[Any]:
@@ -227,23 +230,89 @@ def pipelined(batches: Iterable[Any], start: Callable[[Any], Any], finish: Calla
             future.cancel()
 
 
-def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float = 1.0, name: str = "ai_query"):
-    """An iterator pandas UDF answering ``spec`` for one request column (apply ``result_column`` to its call)."""
+@dataclass(frozen=True)
+class Answering:
+    """What one kind of UDF does around the answering that every kind shares.
+
+    ``requests`` turns one Arrow batch (a Series; a DataFrame for a STRUCT column; a tuple of those
+    when the UDF takes several columns) into the values to ask; ``results`` turns their ``RowOutcome`` s,
+    in the same order, into the batch's result (a Series or DataFrame with one row per input row) of
+    ``return_type``. ``wrapped``: the UDF returns a one-element array whose
+    element is the result (see the module docstring). Its callables are pickled to the executors.
+    """
+
+    requests: Callable[[Any], list[Any]]
+    results: Callable[[list[RowOutcome]], pd.Series | pd.DataFrame]
+    return_type: T.DataType
+    wrapped: bool = False
+
+    def result_column(self, column: Column) -> Column:
+        """The result from a call of the UDF: its element ``[0]`` when ``wrapped``."""
+        return column[0] if self.wrapped else column
+
+    def result_sql(self, call: str) -> str:
+        """``result_column`` for SQL text: ``call`` is the UDF's call as written in the query."""
+        return f"{call}[0]" if self.wrapped else call
+
+
+def one_column(spec: QuerySpec, with_metadata: bool = False) -> Answering:
+    """``ai_query``'s answering: one request column in, ``output_type(spec, with_metadata)`` per row out."""
+    return Answering(functools.partial(request_values, spec=spec),
+                     functools.partial(rows_to_frame, spec=spec, with_metadata=with_metadata),
+                     udf_type(spec, with_metadata), wraps_result(spec, with_metadata))
+
+
+def nondeterministic_udf(function: Callable[..., Any], return_type: T.DataType) -> UserDefinedFunctionLike:
+    """``function`` as a pandas UDF that Spark may not re-run or fold away, since every call costs requests.
+
+    The kind of UDF (scalar or iterator) follows ``function``'s type hints, as ``pandas_udf`` reads them.
+    """
+    factory: Any = pandas_udf  # its stubs list return types by class; one chosen at run time matches none
+    return factory(function, return_type).asNondeterministic()
+
+
+def make_udf(spec: QuerySpec, *, with_metadata: bool = False, rate_share: float = 1.0, name: str = "ai_query",
+             answering: Answering | None = None) -> UserDefinedFunctionLike:
+    """An iterator pandas UDF answering ``spec``: by default ``one_column(spec, with_metadata)``.
+
+    ``rate_share``: the fraction (0, 1] of the endpoint's per-minute budgets each task may spend
+    (``batch._cluster.rate_share``); ``name``: the UDF's name in plans and errors. Apply
+    ``answering.result_column`` to its call. In the task it raises what ``answering.results`` raises:
+    with ``one_column``, a failed row's ``EndpointError`` when ``spec.fail_on_error`` and no metadata.
+    """
+    answering = answering or one_column(spec, with_metadata)
     params, response_format = spec.params, spec.response_format
     remember = settings_from_env()  # read here, on the driver: see MemoSettings
 
+    # Spark hands an iterator UDF of several columns tuples of Series: the hints only choose the kind of UDF.
     def run(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         runtime = worker_runtime()
         client = runtime.client(spec.endpoint, rate_share)
         convert = spec.converter()
         memo = Memo()
 
-        def start(batch: pd.Series) -> Any:
-            return runtime.submit(answer_remembered(remember, client, request_values(batch, spec), params=params,
+        def start(batch: Any) -> Any:
+            return runtime.submit(answer_remembered(remember, client, answering.requests(batch), params=params,
                                                     response_format=response_format, convert=convert, memo=memo))
 
-        yield from pipelined(readable(batches, spec), start,
-                             lambda outcomes: rows_to_frame(outcomes, spec, with_metadata))
+        yield from pipelined(readable(batches, spec), start, answering.results)
 
     run.__name__ = run.__qualname__ = name
-    return pandas_udf(run, udf_type(spec, with_metadata)).asNondeterministic()
+    return nondeterministic_udf(run, answering.return_type)
+
+
+def answer_series(spec: QuerySpec, batch: Any, answering: Answering | None = None,
+                  remember: MemoSettings | None = None) -> pd.Series | pd.DataFrame:
+    """One batch answered before returning: the body of a scalar UDF registered for raw ``spark.sql``.
+
+    ``batch`` as ``answering.requests`` takes it (default ``one_column(spec)``); the task's budget
+    share is ``worker_share``. ``remember``: the host memo's settings, read on the driver (None: no
+    memo, each batch asks afresh). Raises what the answering raises for failed rows.
+    """
+    answering = answering or one_column(spec)
+    values = answering.requests(batch)
+    runtime = worker_runtime()
+    client = runtime.client(spec.endpoint, worker_share(spec.endpoint))
+    outcomes = runtime.run(answer_remembered(remember, client, values, params=spec.params,
+                                             response_format=spec.response_format, convert=spec.converter()))
+    return answering.results(outcomes)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from batch.errors import ConfigError
-from batch._sql import ARGUMENTS, _calls, _split_args, bind_arguments, literal
+from batch._sql import ARGUMENTS
+from batch._sqltext import bind_arguments, calls as _calls, literal, split_args as _split_args
 
 
 @pytest.mark.parametrize("text,value", [
@@ -72,7 +73,7 @@ def test_constants_from_pandas_columns():
     import numpy as np
     import pandas as pd
 
-    from batch._sql import first, freeze
+    from batch._rawsql import first, freeze
     assert first(pd.Series([np.int32(3)] * 2)) == 3 and type(first(pd.Series([np.int32(3)]))) is int
     assert first(pd.Series([np.array(["a", "b"])])) == ["a", "b"]
     assert first(pd.Series([True])) is True and first(None) is None and first(pd.Series([], dtype=object)) is None
