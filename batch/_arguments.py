@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from pyspark.sql import types as T
 
-from .config import EndpointConfig, get_endpoint
+from .config import EndpointConfig, Registry, registry
 from .errors import (ConfigError, InvalidModelParametersError, UnsupportedResponseFormatError)
 from ._types import caster, field_caster, parse_ddl, to_json_schema
 
@@ -72,8 +72,8 @@ class QuerySpec:
 
 
 def build_spec(endpoint: str | EndpointConfig, *, returnType: Any = None, failOnError: Any = True,
-               modelParameters: Any = None, responseFormat: Any = None) -> QuerySpec:
-    config = endpoint if isinstance(endpoint, EndpointConfig) else get_endpoint(endpoint)
+               modelParameters: Any = None, responseFormat: Any = None, endpoints: Registry = registry) -> QuerySpec:
+    config = endpoint if isinstance(endpoint, EndpointConfig) else endpoints.get(endpoint)
     if not isinstance(failOnError, bool):
         raise ConfigError(f"failOnError must be a boolean literal (true or false), got {failOnError!r}")
     params = check_model_parameters(config, modelParameters)

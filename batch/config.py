@@ -214,6 +214,15 @@ class Registry:
         return {str(name): endpoint_from_mapping(str(name), entry, source=source, lines=lines, prefix=("endpoints",))
                 for name, entry in endpoints.items()}
 
+    def with_file(self, path: str | Path) -> Registry:
+        """A registry reading ``path`` (which must exist) and sharing this one's entries added in code, which
+        still win: how a job's ``endpoints:`` key or ``--endpoints`` picks its file without changing this one.
+
+        Raises ConfigError when the file is missing or malformed."""
+        other = Registry(path)
+        other._code_entries = self._code_entries
+        return other.load()
+
     def add(self, name: str, config: EndpointConfig | Mapping[str, Any] | None = None, **keys: Any) -> EndpointConfig:
         """Add or replace an entry from code: ``registry.add("my-chat", base_url=..., task="chat")``."""
         if isinstance(config, EndpointConfig):
@@ -261,8 +270,15 @@ registry = Registry()
 
 
 def get_endpoint(name: str) -> EndpointConfig:
+    """The endpoint config named ``name`` in the process-wide registry (entries added in code, then the
+    file at ``$BATCH_ENDPOINTS`` or ``conf/endpoints.yaml``). Raises UnknownEndpointError naming the known ones."""
     return registry.get(name)
 
 
 def add_endpoint(name: str, config: EndpointConfig | Mapping[str, Any] | None = None, **keys: Any) -> EndpointConfig:
+    """Add or replace ``name`` in the process-wide registry from code; it wins over the registry file.
+
+    ``config`` is an ``EndpointConfig`` or a mapping of its keys, ``keys`` more of them
+    (``add_endpoint("my-chat", base_url="http://127.0.0.1:8000/v1", task="chat")``). Returns the config.
+    Raises ConfigError naming the key when a value is wrong."""
     return registry.add(name, config, **keys)

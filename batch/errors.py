@@ -24,6 +24,8 @@ Messages carry the Databricks error class where one fits, so that users who know
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BatchError",
     "ConfigError",
@@ -43,6 +45,7 @@ __all__ = [
     "ParseCastError",
     "EmptyRequestError",
     "status_error",
+    "failure_class",
 ]
 
 
@@ -65,14 +68,17 @@ class ConfigError(BatchError, ValueError):
 
 
 class UnknownEndpointError(ConfigError):
-    pass
+    """An endpoint name that neither the registry file nor code defines; the message lists the known ones."""
 
 
 class CredentialError(ConfigError):
-    pass
+    """A credential the endpoint needs is not set: names the environment variable, never a value."""
 
 
 class InvalidModelParametersError(ConfigError):
+    """``modelParameters`` the endpoint's api and task cannot take; ``subclass`` says which rule, as Databricks
+    does (``AI_FUNCTION_INVALID_MODEL_PARAMETERS.<subclass>``)."""
+
     error_class = "AI_FUNCTION_INVALID_MODEL_PARAMETERS"
 
     def __init__(self, subclass: str, message: str) -> None:
@@ -81,6 +87,8 @@ class InvalidModelParametersError(ConfigError):
 
 
 class UnsupportedResponseFormatError(ConfigError):
+    """A ``responseFormat`` that is not text, json_object, a JSON schema document or a DDL struct."""
+
     error_class = "AI_FUNCTION_UNSUPPORTED_RESPONSE_FORMAT"
 
     def __init__(self, message: str) -> None:
@@ -91,7 +99,7 @@ class UnsupportedResponseFormatError(ConfigError):
 
 
 class InvalidRequestTypeError(ConfigError):
-    pass
+    """The request column's Spark type does not fit the endpoint's task (a struct for a chat endpoint, ...)."""
 
 
 class EndpointError(BatchError):
@@ -113,10 +121,12 @@ class EndpointError(BatchError):
 
 
 class HTTPRequestError(EndpointError):
-    pass
+    """The endpoint answered with an HTTP error status (or an error inside a 200 body); ``status`` holds it."""
 
 
 class RateLimitError(HTTPRequestError):
+    """429 that outlasted the retries; ``retry_after`` is the endpoint's last wait in seconds, if it sent one."""
+
     retryable = True
 
 
@@ -126,10 +136,14 @@ class QuotaExceededError(HTTPRequestError):
 
 
 class ServerError(HTTPRequestError):
+    """408, 500, 502, 503 or 504 that outlasted the retries."""
+
     retryable = True
 
 
 class TransportError(EndpointError):
+    """No HTTP answer: a timeout, a refused or dropped connection, a proxy that failed; retried."""
+
     retryable = True
 
 
@@ -148,6 +162,8 @@ class NoAnswerError(InvalidResponseError):
 
 
 class ParseCastError(EndpointError):
+    """An answer that does not fit ``returnType`` (or the responseFormat struct); the message quotes it."""
+
     error_class = "AI_FUNCTION_HTTP_PARSE_CAST_ERROR"
 
 
@@ -174,3 +190,38 @@ def status_error(endpoint: str, status: int, text: str, retry_after: float | Non
     if status in TRANSIENT_STATUSES:
         return ServerError(endpoint, text, status=status, retry_after=retry_after)
     return HTTPRequestError(endpoint, text, status=status)
+
+
+_RAISED = re.compile(r"\bbatch\.errors\.([A-Z][A-Za-z]*Error)\b")
+
+
+def failure_class(exc: BaseException) -> type[BatchError] | None:
+    """The toolkit error class behind an exception a Spark action raised on the driver, or None.
+
+    A row that fails an ``ai_query`` with ``failOnError => true`` raises its ``EndpointError`` subclass
+    in a Python worker; the driver sees PySpark's ``PythonException`` (classic Spark) or a
+    ``SparkConnectGrpcException`` subclass (Spark Connect), whose message holds the worker's traceback
+    ending in ``batch.errors.<ClassName>: [<ERROR_CLASS>] ...``. This reads that name back, looking
+    through ``__cause__`` / ``__context__`` too, so that callers can branch on the class::
+
+        try:
+            df.write.saveAsTable("answers")
+        except Exception as exc:
+            if batch.failure_class(exc) is batch.RateLimitError: ...  # or issubclass(..., batch.EndpointError)
+            raise
+
+    An exception that already is a ``BatchError`` (a ``ConfigError`` raised while the column is built)
+    gives its own class. When a traceback names several, the last one (the error that ended the task)
+    wins.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BatchError):
+            return type(current)
+        found = _RAISED.findall(str(current))
+        if found and isinstance(globals().get(found[-1]), type) and issubclass(globals()[found[-1]], BatchError):
+            return globals()[found[-1]]
+        current = current.__cause__ or current.__context__
+    return None

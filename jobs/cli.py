@@ -8,18 +8,19 @@ it at a chunk boundary (resumable).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from batch.config import REGISTRY_ENV
+from batch.config import REGISTRY_ENV, Registry, registry
 from batch.errors import BatchError, ConfigError
 
+from .session import session_for
 from .spec import MODES, JobSpec, load_spec
+from .summary import summary
 
-__all__ = ["main", "session_for", "summary"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG", "EXIT_STOPPED"]
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 EXIT_STOPPED = 3  # stopped cleanly by limits.max_spend at a chunk boundary: run again to answer the rest
@@ -83,65 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def session_for(spec: JobSpec, master: str | None = None):
-    """Under spark-submit, the session it configured; a Spark Connect session for an ``sc://`` master
-    (or ``$SPARK_REMOTE``); otherwise the embedded default (local warehouse)."""
-    from pyspark.sql import SparkSession
-
-    remote = master or (spec.master if spec.master.startswith("sc://") else os.environ.get("SPARK_REMOTE"))
-    if remote and remote.startswith("sc://"):  # tables live in the server's catalog and warehouse
-        spark = SparkSession.builder.remote(remote).getOrCreate()
-        for key, value in spec.spark_conf.items():
-            spark.conf.set(key, value)
-        return spark
-    if "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ:
-        # launched by spark-submit or as a Databricks Python task: keep its master, catalog and settings
-        spark = SparkSession.builder.appName(spec.name).getOrCreate()
-        for key, value in spec.spark_conf.items():
-            spark.conf.set(key, value)
-        return spark
-    from batch._session import local_session
-
-    return local_session(master or spec.master, spec.warehouse, app_name=spec.name, extra=dict(spec.spark_conf))
-
-
-def summary(spec: JobSpec, result, seconds: float) -> str:
-    lines = [f"job {spec.name} run {result.run_id} {result.status} in {seconds:.1f}s"]
-    failed_share = f" ({result.rows_failed / result.rows_in:.1%})" if result.rows_in else ""
-    lines.append(f"  rows: {result.rows_pending:,} to answer, {result.rows_in:,} written, "
-                 f"{result.rows_failed:,} failed{failed_share}, {result.skipped_null_keys:,} skipped (NULL key)")
-    if getattr(result, "rows_by_category", None):
-        lines.append("  keys: " + ", ".join(f"{v:,} {k}" for k, v in result.rows_by_category.items())
-                     + f", {result.rows_removed:,} removed")
-    estimate = getattr(result, "estimate", None)
-    if estimate is not None and estimate.cost_low is not None:
-        told = (f"${estimate.cost_point:.4f}" if estimate.cost_point is not None
-                else f"at least ${estimate.cost_low:.4f}, no completion bound")
-        lines.append(f"  spend: ${result.spend:.4f} (estimated before the run: {told})")
-    elif any(u.estimated_cost is not None for u in result.usage):
-        lines.append(f"  spend: ${result.spend:.4f}")
-    for u in result.usage:
-        latency = (f", latency p50 {u.latency_p50_ms:.0f} ms p95 {u.latency_p95_ms:.0f} ms"
-                   if u.latency_p50_ms is not None else "")
-        cost = f", est. cost ${u.estimated_cost:.4f}" if u.estimated_cost is not None else ""
-        kinds = (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(u.failed_by_kind.items())) + ")"
-                 if u.failed_by_kind else "")
-        lines.append(f"  {u.endpoint} [{', '.join(u.outputs)}]: {u.rows_answered:,} answered, {u.rows_failed:,} "
-                     f"failed{kinds}, {u.requests:,} requests, {u.retries:,} retries, {u.rate_limited:,} rate-limited,"
-                     f" {u.total_tokens:,} tokens ({u.prompt_tokens:,} in / {u.completion_tokens:,} out)"
-                     f"{latency}{cost}")
-    for reason in result.reasons:
-        lines.append(f"  limit: {reason}")
-    lines.append(f"  results: {spec.results_table}   usage: {spec.usage_table}")
-    if getattr(result, "report", None):
-        lines.append(f"  report: {result.report}")
-    return "\n".join(lines)
+def _endpoints(args: argparse.Namespace) -> Registry:
+    """``--endpoints FILE``: the registry this command resolves names in, beside the entries added in code."""
+    return registry.with_file(args.endpoints) if getattr(args, "endpoints", None) else registry
 
 
 def _load(args: argparse.Namespace) -> JobSpec:
-    if getattr(args, "endpoints", None):
-        os.environ[REGISTRY_ENV] = str(args.endpoints)
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, _endpoints(args))
     if getattr(args, "max_rows", None):
         spec = replace(spec, limits=replace(spec.limits, max_rows=args.max_rows))
     if getattr(args, "mode", None):
@@ -171,6 +120,19 @@ def estimate_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def preview_command(args: argparse.Namespace) -> int:
+    from . import page
+    from .preview import default_path, load_variants, render_html, render_text, run_preview
+
+    # every spec error is reported here, before Spark starts, as for a run
+    base, variants, rows = load_variants(args.spec, args.endpoint, args.variant, _endpoints(args))
+    spark = session_for(base, args.master)
+    preview = run_preview(spark, base, variants, args.rows or rows)
+    path = page.write_page(args.out or default_path(spark, base), render_html(preview))
+    print(render_text(preview, path), flush=True)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -180,13 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', '.join(o.name + ' -> ' + o.query.endpoint.name for o in spec.outputs)})")
             return EXIT_OK
         if args.command == "preview":
-            from .preview import preview_command
             return preview_command(args)
         if args.command == "estimate":
             return estimate_command(args)
         if args.command == "demo":
             from .demo import run_demo
-            return run_demo(rows=args.rows, real=args.real)
+            return EXIT_OK if run_demo(rows=args.rows, real=args.real) else EXIT_FAILED
         return run_command(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from batch.config import registry
 from batch.serve import ServerProcess
 
-from .cli import EXIT_FAILED, EXIT_OK, session_for, summary
 from .progress import Progress
+from .session import session_for
 from .spec import load_spec
+from .summary import summary
 
 SAMPLE = Path("conf") / "samples" / "support_tickets.csv"
 SPEC = Path("conf") / "jobs" / "demo.yaml"
@@ -69,7 +70,7 @@ def _real_tables(spec):
                                usage_table=spec.usage_table + "_real")
 
 
-def run_demo(rows: int | None = None, real: bool = False) -> int:
+def run_demo(rows: int | None = None, real: bool = False) -> bool:
     from .runner import run_job
 
     rows = rows or (REAL_ROWS if real else None)
@@ -100,4 +101,4 @@ def run_demo(rows: int | None = None, real: bool = False) -> int:
         again = "make demo-real" if real else "make demo"
         print(f"{served()}; run `{again}` again to see resume (nothing is asked twice)")
         spark.stop()
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return result.ok

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch._yaml import Lines, load_yaml
-from batch.config import registry
+from batch.config import Registry, registry
 from batch._engine import ROW_RECORD
 from batch.errors import ConfigError
 from batch._cluster import task_slots
@@ -28,7 +28,7 @@ from batch._functions import query_column
 
 from . import page, svg
 from .runner import _check_input, read_input, request_column
-from .spec import _OUTPUT, JobSpec, OutputSpec, _Checker, parse_spec
+from .spec import _OUTPUT, JobSpec, OutputSpec, _Checker, job_endpoints, parse_spec
 from .usage import Price, load_prices, price_for
 
 __all__ = ["Variant", "Preview", "load_variants", "run_preview", "render_html", "render_text", "DEFAULT_ROWS"]
@@ -48,8 +48,8 @@ class Variant:
 
 # ------------------------------------------------------------------ variants, checked like the rest of a spec
 
-def load_variants(path: str | Path, endpoints: Sequence[str] = (), only: Sequence[str] = ()) -> tuple[
-        JobSpec, list[Variant], int]:
+def load_variants(path: str | Path, endpoints: Sequence[str] = (), only: Sequence[str] = (),
+                  registry: Registry = registry) -> tuple[JobSpec, list[Variant], int]:
     """The job as written, the variants to compare and the sample size the spec asks for.
 
     ``--endpoint`` flags replace the spec's variants; without them the job as written (``spec``)
@@ -57,12 +57,12 @@ def load_variants(path: str | Path, endpoints: Sequence[str] = (), only: Sequenc
     data, lines = load_yaml(path)
     source = str(path)
     base_data = {k: v for k, v in data.items() if k != "preview"} if isinstance(data, Mapping) else data
-    base = parse_spec(base_data, source, lines)
-    c = _Checker(source, lines)
+    base = parse_spec(base_data, source, lines, registry)
+    c = _Checker(source, lines, job_endpoints(base_data, source, lines, registry))
     section = c.mapping((data.get("preview") or {}), _SECTION, "preview")
     rows = c.number(section.get("rows", DEFAULT_ROWS), "preview", "rows", integer=True, low=1)
     if endpoints:
-        variants = [_endpoint_variant(base_data, base, flag) for flag in endpoints]
+        variants = [_endpoint_variant(c, base_data, base, flag) for flag in endpoints]
     else:
         variants = [Variant("spec", base)]
         raw = section.get("variants") or {}
@@ -114,13 +114,13 @@ def _spec_variant(c: _Checker, base_data: Mapping, name: str, raw: Any) -> Varia
                 if path[:5] == here + (key,):
                     lines[("outputs", output) + path[4:]] = line
             described.append(f"{output}.{key} = {_short(change[key])}")
-    return Variant(name, _parse(base_data, outputs, c.source, lines, f"preview variant '{name}'"), tuple(described))
+    return Variant(name, _parse(c, base_data, outputs, lines, f"preview variant '{name}'"), tuple(described))
 
 
-def _endpoint_variant(base_data: Mapping, base: JobSpec, flag: str) -> Variant:
+def _endpoint_variant(c: _Checker, base_data: Mapping, base: JobSpec, flag: str) -> Variant:
     target, _, endpoint = flag.rpartition("=")
     try:
-        config = registry.get(endpoint)
+        config = c.endpoints.get(endpoint)
     except ConfigError as exc:
         raise ConfigError(f"--endpoint {flag}: {exc.reason}") from None
     family = _FAMILY[config.task]
@@ -133,13 +133,13 @@ def _endpoint_variant(base_data: Mapping, base: JobSpec, flag: str) -> Variant:
     outputs = dict(base_data["outputs"])
     for name in fits:
         outputs[name] = _merge(outputs[name], {"endpoint": endpoint})
-    spec = _parse(base_data, outputs, base.source, {}, f"--endpoint {flag}")
+    spec = _parse(c, base_data, outputs, {}, f"--endpoint {flag}")
     return Variant(flag, spec, tuple(f"{name}.endpoint = {endpoint}" for name in fits))
 
 
-def _parse(base_data: Mapping, outputs: Mapping, source: str, lines: Lines, what: str) -> JobSpec:
+def _parse(c: _Checker, base_data: Mapping, outputs: Mapping, lines: Lines, what: str) -> JobSpec:
     try:
-        return parse_spec({**base_data, "outputs": outputs}, source, lines)
+        return parse_spec({**base_data, "outputs": outputs}, c.source, lines, c.endpoints)
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc.reason}", source=exc.source, key=exc.key, line=exc.line) from None
 
@@ -437,21 +437,3 @@ def default_path(spark: SparkSession, spec: JobSpec) -> Path:
         else ""
     folder = Path(local) / "previews" if local else Path("previews")
     return folder / f"{spec.name}.html"
-
-
-def preview_command(args: Any) -> int:
-    """``python -m jobs preview``: every spec error is reported before Spark starts, as for a run."""
-    import os
-
-    from batch.config import REGISTRY_ENV
-
-    from .cli import EXIT_OK, session_for
-
-    if args.endpoints:
-        os.environ[REGISTRY_ENV] = str(args.endpoints)
-    base, variants, rows = load_variants(args.spec, args.endpoint, args.variant)
-    spark = session_for(base, args.master)
-    preview = run_preview(spark, base, variants, args.rows or rows)
-    path = page.write_page(args.out or default_path(spark, base), render_html(preview))
-    print(render_text(preview, path), flush=True)
-    return EXIT_OK

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from batch._yaml import Lines, line_of, load_yaml
 from batch._arguments import QuerySpec, build_spec
-from batch.config import registry
+from batch.config import Registry, registry
 from batch.errors import (ConfigError, InvalidModelParametersError, UnknownEndpointError,
                           UnsupportedResponseFormatError)
 
@@ -120,8 +120,8 @@ _SPARK = {"master", "warehouse", "conf"}
 
 
 class _Checker:
-    def __init__(self, source: str, lines: Lines) -> None:
-        self.source, self.lines = source, lines
+    def __init__(self, source: str, lines: Lines, endpoints: Registry = registry) -> None:
+        self.source, self.lines, self.endpoints = source, lines, endpoints
 
     def error(self, message: str, *path: str) -> ConfigError:
         return ConfigError(message, source=self.source, line=line_of(self.lines, *path))
@@ -156,16 +156,18 @@ class _Checker:
         return value
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def load_spec(path: str | Path, endpoints: Registry = registry) -> JobSpec:
+    """Read and check a job file (``conf/jobs/*.yaml``); ``endpoints`` resolves its endpoint names unless the
+    file names its own registry with ``endpoints:``. Raises ConfigError naming the file, key and line."""
     data, lines = load_yaml(path)
-    return parse_spec(data, str(path), lines)
+    return parse_spec(data, str(path), lines, endpoints)
 
 
-def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None) -> JobSpec:
-    c = _Checker(source, lines or {})
-    top = c.mapping(data, _TOP, required=("job", "input", "outputs", "results", "usage"))
-    if "endpoints" in top:
-        _load_endpoints(c, top["endpoints"])
+def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None,
+               endpoints: Registry = registry) -> JobSpec:
+    """``load_spec`` for a job already read into a mapping; ``lines`` maps key paths to line numbers."""
+    top = _Checker(source, lines or {}).mapping(data, _TOP, required=("job", "input", "outputs", "results", "usage"))
+    c = _Checker(source, lines or {}, job_endpoints(top, source, lines or {}, endpoints))
     name = c.text(top["job"], "job")
     inp = c.mapping(top["input"], _INPUT, "input", required=("key",))
     sources = [k for k in ("table", "query", "path") if k in inp]
@@ -246,8 +248,12 @@ def _execution(c: _Checker, raw: Any, outputs: tuple[OutputSpec, ...]) -> Execut
     return execution
 
 
-def _load_endpoints(c: _Checker, path: Any) -> None:
-    registry.load(Path(c.text(path, "endpoints")))
+def job_endpoints(top: Mapping, source: str, lines: Lines, endpoints: Registry = registry) -> Registry:
+    """The registry a job's endpoint names resolve in: the file its ``endpoints:`` key names, else ``endpoints``."""
+    if "endpoints" not in top:
+        return endpoints
+    path = Path(_Checker(source, lines).text(top["endpoints"], "endpoints"))
+    return endpoints.with_file(path)
 
 
 def _culprit(exc: ConfigError, entry: Mapping) -> str:
@@ -273,7 +279,7 @@ def _outputs(c: _Checker, raw: Any, keys: tuple[str, ...]) -> tuple[OutputSpec, 
             raise c.error(f"output '{name}' needs exactly one of prompt (a template such as 'Summarize: {{body}}') "
                           "or request (a SQL expression)", "outputs", name)
         try:
-            query = build_spec(entry["endpoint"], returnType=entry.get("returnType"),
+            query = build_spec(entry["endpoint"], endpoints=c.endpoints, returnType=entry.get("returnType"),
                                failOnError=entry.get("failOnError", False),
                                modelParameters=entry.get("modelParameters"),
                                responseFormat=entry.get("responseFormat"))

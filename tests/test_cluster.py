@@ -198,6 +198,7 @@ def cluster_client(master: str, spec: str, endpoints: str, server: str) -> dict:
         report["exit_code"] = main(["run", spec, "--master", master, "--endpoints", endpoints, "--quiet"])
     report["summary"] = summary.getvalue()
     mark("job")
+    batch.registry.load(endpoints)  # --endpoints is the job's registry only: this code names its own
     spark = SparkSession.getActiveSession()
     jsc = spark.sparkContext._jsc.sc()
     report["executors"] = jsc.getExecutorMemoryStatus().size() - 1
