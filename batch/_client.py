@@ -175,7 +175,7 @@ def pace_key(config: EndpointConfig) -> str:
 class _Expect(NamedTuple):
     """What a request asked for, as reading its answer needs it."""
 
-    count: int
+    inputs: int
     structured: bool = False
     max_tokens: int | None = None
 
@@ -192,7 +192,7 @@ def _read_reply(config: EndpointConfig, status: int, headers: Mapping[str, str],
                                            info.kind)
     try:
         answer = json.loads(content)
-        return parse_answer(config, answer, expect.count, structured=expect.structured,
+        return parse_answer(config, answer, expect.inputs, structured=expect.structured,
                             max_tokens=expect.max_tokens), Usage.from_body(answer), None
     except (ValueError, RecursionError):
         return _read_unusual(config, headers, content, expect)
@@ -220,7 +220,7 @@ def _read_unusual(config: EndpointConfig, headers: Mapping[str, str], content: b
     if inside is not None:
         return None, usage, _error_inside(name, inside, headers)
     try:
-        return parse_answer(config, answer, expect.count, structured=expect.structured,
+        return parse_answer(config, answer, expect.inputs, structured=expect.structured,
                             max_tokens=expect.max_tokens), usage, None
     except NoAnswer as exc:
         return None, usage, NoAnswerError(name, str(exc), status=200)
