@@ -235,3 +235,84 @@ def test_requests_go_through_the_proxy_with_its_credentials(environ, name):
     status, body, seen, url = asyncio.run(go())
     assert status == 200 and json.loads(body) == ANSWER
     assert seen == [(f"{url}/plain", "Basic dGVhbTpzM2NyZXQ=")]
+
+
+# ---------------------------------------------------------------- plain HTTP/1.1 answers of every framing
+
+def _raw_server(replies: list[bytes], seen: list[bytes], close_after: bool = False):
+    """A server that answers each request on a connection with the next of ``replies``, as raw bytes."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while replies:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            seen.append(head + await reader.readexactly(length))
+            reply = replies.pop(0)
+            if reply == b"hang":
+                await asyncio.sleep(5)
+                return
+            writer.write(reply)
+            await writer.drain()
+            if close_after or reply.endswith(b"cut"):
+                break
+        writer.close()
+    return asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _exchange_all(replies: list[bytes], count: int, *, close_after: bool = False, read: float = 5.0):
+    """Post ``count`` times in a row through the fast path; each reply as (status, headers, body) or the error."""
+    async def go():
+        seen: list[bytes] = []
+        server = await _raw_server(list(replies), seen, close_after)
+        port = server.sockets[0].getsockname()[1]
+        transport = AiohttpTransport()
+        post = poster(transport, f"http://127.0.0.1:{port}/v1/x", {**TIMEOUTS, "read": read})
+        sent = post.prepare(httpx.Headers({"content-type": "application/json"}))
+        out = []
+        try:
+            for _ in range(count):
+                try:
+                    out.append(await post.send(sent, b'{"q": 1}'))
+                except httpx.HTTPError as exc:
+                    out.append(exc)
+        finally:
+            await transport.aclose()
+            server.close()
+        return out, seen
+    return asyncio.run(go())
+
+
+def test_answers_of_every_framing_are_read_whole_and_the_connection_kept():
+    length = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Ratelimit-Limit-Requests: 60\r\n\r\n{\"a\": 1}\n"
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\n{\"a\"\r\n5\r\n: 2}\n\r\n"
+               b"0\r\nX-Trailer: t\r\n\r\n")
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 429 Too Many\r\nretry-after: 7\r\nContent-Length: 2\r\n\r\n{}"
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    out, seen = _exchange_all([length, chunked, interim, empty], 4)
+    assert [(status, body) for status, _, body in out] == [(200, b'{"a": 1}\n'), (200, b'{"a": 2}\n'),
+                                                           (429, b"{}"), (204, b"")]
+    assert out[0][1]["x-ratelimit-limit-requests"] == "60" and out[2][1]["Retry-After"] == "7"
+    assert len(seen) == 4 and all(s.startswith(b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1:") for s in seen)
+
+
+def test_an_answer_that_ends_with_the_connection_is_read_and_a_new_one_opened():
+    until_close = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"whole\": true}"
+    out, seen = _exchange_all([until_close, until_close], 2, close_after=True)
+    assert [body for _, _, body in out] == [b'{"whole": true}'] * 2 and len(seen) == 2
+
+
+def test_a_dropped_answer_and_a_silent_server_read_as_transport_errors():
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"cut"
+    out, _ = _exchange_all([cut], 1)
+    assert isinstance(out[0], httpx.RemoteProtocolError) and "connection dropped" in str(out[0])
+    out, _ = _exchange_all([b"hang"], 1, read=0.2)
+    assert isinstance(out[0], httpx.ReadTimeout) and "timed out" in str(out[0])
+    out, _ = _exchange_all([b"NOT HTTP\r\n\r\n"], 1)
+    assert isinstance(out[0], httpx.RemoteProtocolError) and "malformed answer" in str(out[0])
+
+
+def test_credentials_in_the_url_and_unsafe_headers_go_through_aiohttp():
+    pool = AiohttpTransport()._plain
+    assert pool.head("http://user:pw@127.0.0.1:9/v1", {}) is None  # aiohttp makes Basic auth of them
+    assert pool.head("http://127.0.0.1:9/v1", {"x-bad": "a\r\nInjected: 1"}) is None
+    assert pool.head("http://[::1]:80/v1?q=1", {}).startswith(b"POST /v1?q=1 HTTP/1.1\r\nHost: [::1]\r\n")
