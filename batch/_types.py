@@ -119,11 +119,11 @@ class _Parser:
                 self.expect(":")
             data_type = self.data_type()
             nullable = True
-            if self.peek() and self.peek().lower() == "not":
+            if (self.peek() or "").lower() == "not":
                 self.expect("not")
                 self.expect("null")
                 nullable = False
-            if self.peek() and self.peek().lower() == "comment":
+            if (self.peek() or "").lower() == "comment":
                 self.expect("comment")
                 self.take("a comment")
             fields.append(T.StructField(name, data_type, nullable))
@@ -206,7 +206,7 @@ def to_json_schema(data_type: T.DataType) -> dict[str, Any]:
     return {"type": "string"}
 
 
-_INT_RANGES = {T.ByteType: 8, T.ShortType: 16, T.IntegerType: 32, T.LongType: 64}
+_INT_RANGES: dict[type[T.DataType], int] = {T.ByteType: 8, T.ShortType: 16, T.IntegerType: 32, T.LongType: 64}
 
 
 def caster(data_type: T.DataType, endpoint: str) -> Callable[[Any], Any]:
@@ -310,6 +310,7 @@ class _JsonNumber(float):
     """A JSON number that keeps its text, so a DECIMAL gets every digit the model wrote, not a double's."""
 
     __slots__ = ("text",)
+    text: str
 
     def __new__(cls, text: str) -> _JsonNumber:
         number = super().__new__(cls, text)
@@ -409,14 +410,14 @@ def _timestamp(v: Any, zoned: bool) -> dt.datetime:
     m = _TIMESTAMP.match(_text(v))
     if not m:
         raise ValueError(f"{_compact(v)} is not a timestamp (yyyy-mm-ddThh:mm:ss[.ffffff][zone])")
-    year, month, day, hour, minute, second, fraction, zone = m.groups()
-    parts = [int(p) if p else d for p, d in zip((year, month, day, hour, minute, second), (0, 1, 1, 0, 0, 0))]
+    *parts, fraction, zone = m.groups()
+    year, month, day, hour, minute, second = (int(p) if p else d for p, d in zip(parts, (0, 1, 1, 0, 0, 0)))
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     if zone is None:
-        return dt.datetime(*parts, micros)
+        return dt.datetime(year, month, day, hour, minute, second, micros)
     if not zoned:
         raise ValueError(f"{_compact(v)} has a time zone, which TIMESTAMP_NTZ cannot hold")
-    return dt.datetime(*parts, micros, tzinfo=_zone(zone))
+    return dt.datetime(year, month, day, hour, minute, second, micros, tzinfo=_zone(zone))
 
 
 def _zone(text: str) -> dt.timezone:
@@ -455,7 +456,7 @@ def _array_converter(data_type: T.ArrayType) -> Callable[[Any], Any]:
 
 
 _PLAIN_NUMBERS = frozenset({int, float, _JsonNumber})
-_NUMPY_TYPES = {T.FloatType: np.float32, T.DoubleType: np.float64}
+_NUMPY_TYPES: dict[type[T.DataType], type[np.floating[Any]]] = {T.FloatType: np.float32, T.DoubleType: np.float64}
 
 
 def _number(v: Any) -> Any:

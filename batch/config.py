@@ -123,9 +123,15 @@ class EndpointConfig:
         if self.api == "databricks":
             return f"{self.resolved_host().rstrip('/')}/serving-endpoints/{self.model_name}/invocations"
         if self.api == "responses":
-            return f"{self.base_url.rstrip('/')}/responses"
+            return f"{self._base_url()}/responses"
         path = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}[self.task]
-        return f"{self.base_url.rstrip('/')}/{path}"
+        return f"{self._base_url()}/{path}"
+
+    def _base_url(self) -> str:
+        """base_url without a trailing slash; __post_init__ already requires it of every api but databricks."""
+        if self.base_url is None:
+            raise ConfigError(f"an {self.api} endpoint needs base_url (e.g. http://127.0.0.1:8000/v1)", key="base_url")
+        return self.base_url.rstrip("/")
 
     def with_overrides(self, **changes: Any) -> EndpointConfig:
         return dataclasses.replace(self, **changes)
