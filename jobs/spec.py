@@ -173,10 +173,10 @@ def parse_spec(data: Any, source: str = "<job>", lines: Lines | None = None,
     sources = [k for k in ("table", "query", "path") if k in inp]
     if len(sources) != 1:
         raise c.error("'input' needs exactly one of table, query, path", "input")
-    keys = inp["key"] if isinstance(inp["key"], list) else [inp["key"]]
-    if not keys:
+    key_values = inp["key"] if isinstance(inp["key"], list) else [inp["key"]]
+    if not key_values:
         raise c.error("'input.key' needs at least one column", "input", "key")
-    keys = tuple(c.text(k, "input", "key", pattern=_NAME) for k in keys)
+    keys = tuple(c.text(k, "input", "key", pattern=_NAME) for k in key_values)
     options = inp.get("options") or {}
     if not isinstance(options, Mapping):
         raise c.error("'input.options' must be a mapping", "input", "options")
