@@ -15,7 +15,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -138,7 +138,15 @@ def _bin(records: list[dict[str, Any]], data: ReportData, started: float) -> Non
 
 # ------------------------------------------------------------------ the page
 
-def _series(values: dict[str, list[float]], edges: list[float]) -> list[svg.Series]:
+class _TimeAxis(TypedDict):
+    """The x axis the charts over the run's time share."""
+
+    x_label: str
+    x_format: svg.Format
+    width: int
+
+
+def _series(values: dict[str, list[float]], edges: list[float]) -> list[svg.Series[svg.Point]]:
     """Per-bin values as points at the bins' middles."""
     middles = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
     return [svg.Series(name, list(zip(middles, v))) for name, v in sorted(values.items())]
@@ -155,7 +163,7 @@ def render(spec: JobSpec, result: Any, data: ReportData) -> str:
              ("rows/s", f"{result.rows_in / seconds:,.1f}" if seconds else "-"),
              ("tokens", f"{tokens:,}"), ("est. cost", page.money(cost) if priced else "no price")]
     time_label = "seconds since the run started"
-    kw = dict(x_label=time_label, x_format=svg.fmt_seconds, width=560)
+    kw = _TimeAxis(x_label=time_label, x_format=svg.fmt_seconds, width=560)
     endpoints = [u.endpoint for u in usage]
     charts = [
         svg.line_chart(_series(data.answers, data.edges), title="Answers per second", y_label="answers/s",

@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
-__all__ = ["PALETTE", "Series", "bar_chart", "fmt_number", "fmt_seconds", "line_chart", "nice_ticks",
+__all__ = ["PALETTE", "Point", "Series", "bar_chart", "fmt_number", "fmt_seconds", "line_chart", "nice_ticks",
            "range_bars"]
 
 # Tableau 10: distinct for the common kinds of colour blindness, and no colour the page's own styles use,
@@ -23,12 +24,16 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif"
 INK, GRID, MUTED = "#222", "#e3e3e3", "#666"
 Format = Callable[[float], str]
+Point = tuple[float, float]
+V = TypeVar("V", covariant=True)
 
 
 @dataclass
-class Series:
+class Series(Generic[V]):
+    """A named run of values: (x, y) points for ``line_chart``, one number a range or category for the bars."""
+
     name: str
-    values: Sequence[tuple[float, float]] | Sequence[float] = field(default_factory=list)
+    values: Sequence[V] = field(default_factory=list)
     color: str | None = None
 
 
@@ -73,11 +78,11 @@ def fmt_seconds(value: float) -> str:
     return f"{sign}{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def _color(series: Series, index: int) -> str:
+def _color(series: Series[object], index: int) -> str:
     return series.color or PALETTE[index % len(PALETTE)]
 
 
-def _legend(series: Sequence[Series], always: bool = False) -> list[tuple[str, str]]:
+def _legend(series: Sequence[Series[object]], always: bool = False) -> list[tuple[str, str]]:
     """One series needs no legend unless its name says more than the title (an error kind)."""
     return [(s.name, _color(s, i)) for i, s in enumerate(series)] if always or len(series) > 1 else []
 
@@ -150,9 +155,9 @@ def _empty(title: str, width: int, height: int, message: str) -> str:
             "</svg>")
 
 
-def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str, x_format: Format = fmt_number,
-               y_format: Format = fmt_number, width: int = 560, height: int = 250, step: bool = False,
-               fill: bool = False, empty: str = "no data") -> str:
+def line_chart(series: Sequence[Series[Point]], *, title: str, x_label: str, y_label: str,
+               x_format: Format = fmt_number, y_format: Format = fmt_number, width: int = 560, height: int = 250,
+               step: bool = False, fill: bool = False, empty: str = "no data") -> str:
     """Lines over (x, y) points; ``step`` holds each value until the next point, as counts per interval do."""
     points = [p for s in series for p in s.values]
     if not points:
@@ -177,7 +182,7 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
     return frame.render(x_format)
 
 
-def range_bars(edges: Sequence[float], series: Sequence[Series], *, title: str, x_label: str, y_label: str,
+def range_bars(edges: Sequence[float], series: Sequence[Series[float]], *, title: str, x_label: str, y_label: str,
                x_format: Format = fmt_number, y_format: Format = fmt_number, stacked: bool = True,
                width: int = 560, height: int = 250, empty: str = "no data", legend: bool = False) -> str:
     """Bars over consecutive ranges (a histogram, or counts per time interval): ``values[i]`` spans
@@ -210,7 +215,7 @@ def range_bars(edges: Sequence[float], series: Sequence[Series], *, title: str, 
     return frame.render(x_format)
 
 
-def bar_chart(categories: Sequence[str], series: Sequence[Series], *, title: str, y_label: str,
+def bar_chart(categories: Sequence[str], series: Sequence[Series[float]], *, title: str, y_label: str,
               y_format: Format = fmt_number, width: int = 560, height: int = 250, empty: str = "no data") -> str:
     """Grouped vertical bars, one group per category (an endpoint, a variant), one bar per series, values
     written above the bars so that small ones can still be read."""
