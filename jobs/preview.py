@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -127,9 +127,9 @@ def _endpoint_variant(c: _Checker, base_data: Mapping, base: JobSpec, flag: str)
     fits = [o.name for o in base.outputs if (o.name == target if target else
                                               _FAMILY[o.query.endpoint.task] == family)]
     if not fits:
-        outputs = ", ".join(f"{o.name} ({o.query.endpoint.task})" for o in base.outputs)
+        listed = ", ".join(f"{o.name} ({o.query.endpoint.task})" for o in base.outputs)
         what = f"no output named '{target}'" if target else f"a {config.task} endpoint fits no output"
-        raise ConfigError(f"--endpoint {flag}: {what} of job {base.name} (outputs: {outputs})")
+        raise ConfigError(f"--endpoint {flag}: {what} of job {base.name} (outputs: {listed})")
     outputs = dict(base_data["outputs"])
     for name in fits:
         outputs[name] = _merge(outputs[name], {"endpoint": endpoint})
@@ -153,9 +153,28 @@ def _short(value: Any) -> str:
 
 # One sampled answer: its value or its error's text and kind, and the per-row record by name (engine.ROW_RECORD);
 # counts NULL in the record are 0, times stay NULL.
-Answer = dataclasses.make_dataclass("Answer", [
-    ("value", Any, None), ("error", "str | None", None), ("error_kind", "str | None", None),
-    *((name, Any, None if sql_type == "double" else 0) for name, sql_type in ROW_RECORD.items())])
+if TYPE_CHECKING:
+    @dataclass
+    class Answer:
+        """The record made from ROW_RECORD below, as the type checker sees it: keep its fields in step."""
+
+        value: Any = None
+        error: str | None = None
+        error_kind: str | None = None
+        attempts: int = 0
+        latency_ms: float | None = None
+        started_at: float | None = None
+        prompt_tokens: int = 0
+        completion_tokens: int = 0
+        total_tokens: int = 0
+        reasoning_tokens: int = 0
+        cached_tokens: int = 0
+        requests: int = 0
+        rate_limited: int = 0
+else:
+    Answer = dataclasses.make_dataclass("Answer", [
+        ("value", Any, None), ("error", "str | None", None), ("error_kind", "str | None", None),
+        *((name, Any, None if sql_type == "double" else 0) for name, sql_type in ROW_RECORD.items())])
 
 
 @dataclass
@@ -228,7 +247,7 @@ def _call_key(output: OutputSpec) -> tuple:
     return output.name, output.query, output.prompt, output.request
 
 
-def _answer(meta: Any) -> Any:
+def _answer(meta: Any) -> Answer:
     if meta is None:
         return Answer()
     record = {name: meta[name] if meta[name] is not None or sql_type == "double" else 0
@@ -238,7 +257,7 @@ def _answer(meta: Any) -> Any:
 
 # ------------------------------------------------------------------ projections
 
-def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Any]], variant: str, sampled: int,
+def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Answer]], variant: str, sampled: int,
             table_rows: int, slots: int, prices: Mapping[str, Price]) -> Projection:
     """Cost and time for the whole table, from the sample's tokens and latency and each endpoint's settings.
 
