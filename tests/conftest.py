@@ -10,7 +10,7 @@ import pytest
 
 from batch.config import registry
 from batch.serve import ServerProcess
-from support import FAST, restore
+from support import FAST, job_process, restore
 
 JAVA = shutil.which("java") is not None
 
@@ -136,16 +136,12 @@ def crashed_job(server, token, tmp_path_factory):
     """
     import json
     import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     import yaml
 
     if not JAVA:
         pytest.skip("java is not installed: Spark tests need a JDK (17 or 21)")
-    root = Path(__file__).resolve().parents[1]
     work = tmp_path_factory.mktemp("crashed-job")
     rows, chunk = 40, 20
     prompts = [f"worker crash prompt {i}" + (" [[fail:403]]" if i % 10 == 7 else "") for i in range(rows)]
@@ -166,9 +162,7 @@ def crashed_job(server, token, tmp_path_factory):
             "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(events), "spark.eventLog.compress": "false"}}}))
     restore(server, latency_ms=200, token=token)
     log = work / "job.log"
-    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(root))
-    job = subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet"], cwd=root, env=env,
-                           stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    job = job_process(spec, endpoints, log)
     killed: list[int] = []
     try:
         deadline = time.monotonic() + 180

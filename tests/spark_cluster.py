@@ -28,13 +28,12 @@ import support
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-# Short-lived JVMs on few cores spend less CPU on the quick compiler alone and a serial collector.
 # What the cluster and Connect tests ask of their endpoints.
 FAST = {**support.FAST, "timeout": 20.0}
 RATED_RPM = 1800  # 30 requests/s for the whole cluster or Connect server
 RATED_ROWS = 120
 
-QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+QUICK_JVM = support.QUICK_JVM  # the quick compiler alone and a serial collector, for JVMs of a few minutes
 # Variables that would turn a child Python into a Connect client, attach it to another JVM, or
 # point it at another installation's settings.
 _CLIENT_MARKERS = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_CONNECT_MODE", "PYSPARK_GATEWAY_PORT",

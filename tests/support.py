@@ -8,11 +8,19 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Short-lived JVMs on few cores start sooner with the quick compiler alone and a serial collector.
+QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 # ---------------------------------------------------------------- retry policy
 
@@ -177,3 +185,16 @@ def table(spark, name: str, rows: list, ddl: str = "id int, body string") -> Non
 def tickets(spark, db: str, bodies: list[str | None], name: str = "tickets") -> None:
     """A fresh database ``db`` holding ``db.tickets`` (``id int, body string``): one row per body, ids from 0."""
     table(spark, f"{db}.{name}", list(enumerate(bodies)))
+
+
+# ---------------------------------------------------------------- a job in a process of its own
+
+def job_process(spec: Path, endpoints: Path, log: Path, *args: str, quick_jvm: bool = True) -> subprocess.Popen:
+    """``python -m jobs run SPEC --quiet [ARGS]`` with the endpoints file ``endpoints``, in a new process session
+    (so ``os.killpg(job.pid, ...)`` ends the job, its JVM and its Python workers), writing to ``log``.
+    ``quick_jvm``: start the job's JVM with :data:`QUICK_JVM` (for jobs of seconds, not minutes)."""
+    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))
+    if quick_jvm:
+        env["JDK_JAVA_OPTIONS"] = QUICK_JVM
+    return subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet", *args], cwd=ROOT, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

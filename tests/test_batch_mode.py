@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,10 +16,9 @@ from batch.serve import simulated_answer
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from jobs.usage import Price
-from support import FAST, tickets
+from support import FAST, job_process, tickets
 
 pytestmark = pytest.mark.spark
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _batches(srv, **changes) -> dict:
@@ -108,12 +104,6 @@ def test_batch_mode_is_refused_for_endpoints_without_the_batch_api(batch_srv):
 
 # -------------------------------------------------------- 120,000 rows, killed between submission and completion
 
-def _job(spec_path: Path, endpoints: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec_path), "--quiet"], cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv, tmp_path):
     rows = 120_000
     _batches(srv, delay_s=3600, reset=True)  # the first process can only submit and wait
@@ -130,7 +120,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
         "execution": {"mode": "batch", "poll_seconds": 0.2}, "commit_every": 60_000,
         "spark": {"master": "local[2]", "warehouse": str(warehouse)}}))
     (warehouse / "big.db").mkdir(parents=True)
-    first = _job(spec_path, endpoints, tmp_path / "first.log")
+    first = job_process(spec_path, endpoints, tmp_path / "first.log", quick_jvm=False)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and first.poll() is None and _batches(srv)["requests_submitted"] < rows:
@@ -146,7 +136,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
     stats = _batches(srv)
     assert stats["batches_created"] == 4 and stats["batches_completed"] == 0  # 2 chunks of 60,000 in 2 files each
     _batches(srv, delay_s=0)
-    second = _job(spec_path, endpoints, tmp_path / "second.log")
+    second = job_process(spec_path, endpoints, tmp_path / "second.log", quick_jvm=False)
     assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     stats = _batches(srv)
     assert stats["requests_submitted"] == rows and stats["batches_created"] == 4  # nothing submitted twice

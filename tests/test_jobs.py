@@ -19,7 +19,7 @@ from batch.serve import simulated_answer
 from jobs.cli import main
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
-from support import FAST, JOB_YAML, tickets
+from support import FAST, JOB_YAML, QUICK_JVM, job_process, tickets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,12 +203,6 @@ def test_cli_validate_accepts_the_demo_spec():
 
 # ---------------------------------------------------------------- crash and resume
 
-def _job_process(spec_path: Path, endpoints: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec_path), "--quiet"], cwd=ROOT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def _answered_rows(spark, warehouse: Path) -> list:
     files = warehouse / "crash.db" / "answers"
     if not files.exists():
@@ -235,7 +229,7 @@ def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
         "spark": {"master": "local[2]", "warehouse": str(warehouse)}, "commit_every": chunk,
         "limits": {"max_error_fraction": 0.0}}))
     (warehouse / "crash.db").mkdir(parents=True)
-    first = _job_process(spec_path, endpoints, tmp_path / "first.log")
+    first = job_process(spec_path, endpoints, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and first.poll() is None:
@@ -251,7 +245,7 @@ def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
     written = _answered_rows(spark, warehouse)
     assert 0 < len(written) < rows
     calls_before = dict(srv.prompts()["calls"])
-    second = _job_process(spec_path, endpoints, tmp_path / "second.log")
+    second = job_process(spec_path, endpoints, tmp_path / "second.log")
     assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     final = _answered_rows(spark, warehouse)
     ids = [r["id"] for r in final]
@@ -278,7 +272,7 @@ def test_job_runs_under_spark_submit(srv, tmp_path):
         "results": {"table": "answers"}, "usage": {"table": "usage"}}))
     submit = Path(_find_spark_home()) / "bin" / "spark-submit"
     env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYSPARK_PYTHON=sys.executable,
-               PYSPARK_DRIVER_PYTHON=sys.executable)
+               PYSPARK_DRIVER_PYTHON=sys.executable, JDK_JAVA_OPTIONS=QUICK_JVM)
     done = subprocess.run([str(submit), "--master", "local[2]", "--conf", f"spark.sql.warehouse.dir={tmp_path}/wh",
                            str(ROOT / "jobs" / "__main__.py"), "run", str(spec_path), "--quiet"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -19,8 +19,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from batch.serve import simulated_answer
 from jobs.runner import run_job
 from jobs.spec import parse_spec
 from spark_cluster import LOOPBACK, StandaloneCluster, java_available, spark_env
+from support import job_process
 
 pytestmark = pytest.mark.spark
 
@@ -245,11 +244,8 @@ def test_speculation_writes_each_key_once(spark, srv, tmp_path):
             "spark.eventLog.enabled": "true", "spark.eventLog.dir": str(event_dir),
             "spark.eventLog.compress": "false"}}}))
     log = tmp_path / "job.log"
-    env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))
     with SpreadCluster(tmp_path / "cluster", workers=2, cores=1, memory="600m") as cluster:
-        job = subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet", "--master",
-                                cluster.master_url], cwd=ROOT, env=env, stdout=log.open("w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        job = job_process(spec, endpoints, log, "--master", cluster.master_url)
         try:
             assert job.wait(timeout=300) == 0, log.read_text()[-3000:] + cluster.logs()
         finally:
