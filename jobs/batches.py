@@ -36,7 +36,7 @@ from batch._auth import BearerToken
 from batch._client import CallResult, _Expect, _read_reply
 from batch.config import EndpointConfig
 from batch._engine import _outcome
-from batch.errors import InvalidResponseError
+from batch.errors import ConfigError, InvalidResponseError
 from batch._udf import arrow_type, output_type, rows_to_frame
 from batch._wire import Usage, request_body
 
@@ -70,6 +70,8 @@ class BatchApi:
         headers = dict(config.headers)
         if config.token_env:
             headers.update(asyncio.run(BearerToken(config.token_env, config.name).headers()))
+        if config.base_url is None:  # every api the Batch API takes (BATCH_APIS) requires base_url
+            raise ConfigError(f"endpoint '{config.name}' needs base_url for the Batch API", key="base_url")
         self.base = config.base_url.rstrip("/")
         self.http = httpx.Client(headers=headers, timeout=max(config.timeout, 60.0), verify=config.verify_tls)
         self.name = config.name
@@ -140,7 +142,7 @@ def _submitter(spec: JobSpec, output: OutputSpec, group: str, skip_parts: frozen
     request = f"_req_{output.name}"
 
     def submit(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        partition = TaskContext.get().partitionId()
+        partition = _partition_id()
         if any(part.split(".")[0] == str(partition) for part in skip_parts):
             return
         api = BatchApi(config)
@@ -184,6 +186,14 @@ def _arrow_schema(schema: T.StructType) -> pa.Schema:
     return pa.schema([pa.field(f.name, arrow_type(f.dataType), f.nullable) for f in schema.fields])
 
 
+def _partition_id() -> int:
+    """The partition of the Spark task running now: there is a TaskContext in every task."""
+    context = TaskContext.get()
+    if context is None:
+        raise RuntimeError("a batch file is written inside a Spark task, and none is running")
+    return context.partitionId()
+
+
 def _reader(spec: JobSpec, output: OutputSpec, key_schema: T.StructType) -> Callable:
     """The task that reads finished batches' output and error files into per-row metadata, as the UDF gives it;
     a request of the input file with no line in either file (a batch that expired or failed) is a row error."""
@@ -201,7 +211,7 @@ def _reader(spec: JobSpec, output: OutputSpec, key_schema: T.StructType) -> Call
         convert = query.converter()
         for batch in batches:
             for item in batch.to_pylist():
-                answered: dict[str, tuple[CallResult, float | None]] = {}
+                answered: dict[str, CallResult] = {}
                 started = float(item["started_at"]) if item["started_at"] is not None else None
                 for file_id in (item["output_file_id"], item["error_file_id"]):
                     if file_id:
