@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -49,7 +49,7 @@ class Tokenizer:
     kind: str = "chars"  # chars | cl100k | llama
     url: str | None = None
 
-    def counter(self):
+    def counter(self) -> Callable[[str], int]:
         """A function from text to a token count, built where it runs (on an executor)."""
         if self.kind == "cl100k":
             import tiktoken
@@ -57,8 +57,11 @@ class Tokenizer:
             return lambda text: len(encoding.encode_ordinary(text))
         if self.kind == "llama":
             import httpx
+            url = self.url
+            if url is None:
+                raise ValueError(f"tokenizer '{self.label}' counts through llama-server but has no /tokenize URL")
             client = httpx.Client(timeout=30.0)
-            return lambda text: len(client.post(self.url, json={"content": text}).json()["tokens"])
+            return lambda text: len(client.post(url, json={"content": text}).json()["tokens"])
         return lambda text: int(len(text) / CHARS_PER_TOKEN + 0.5) if text else 0
 
 
@@ -129,7 +132,8 @@ class Estimate:
 
     def _sum(self, index: int) -> float | None:
         costs = [e.cost[index] for e in self.endpoints if e.cost is not None]
-        return None if any(c is None for c in costs) else float(sum(costs))
+        known = [c for c in costs if c is not None]
+        return None if len(known) < len(costs) else float(sum(known))
 
     @property
     def cost_low(self) -> float | None:
@@ -164,7 +168,9 @@ def _count_column(output: OutputSpec, tokenizer: Tokenizer, request: Any):
                           for v in request_values(batch, query)], dtype="Int64")
 
     count.__name__ = f"count_tokens_{output.name}"
-    return pandas_udf(count, T.LongType())(request)
+    # PySpark's stubs list pandas_udf(f, returnType) only for a function with type hints; without them it is the
+    # scalar UDF this is.
+    return pandas_udf(count, T.LongType())(request)  # type: ignore[call-overload]
 
 
 def _max_tokens(output: OutputSpec) -> int | None:
@@ -197,6 +203,8 @@ def estimate_rows(spark: SparkSession, spec: JobSpec, rows: DataFrame, prices: M
         sums += [F.sum(F.when(asked, 1).otherwise(0)).alias(f"n_{o.name}"),
                  F.sum(F.when(asked, F.col(f"_tok_{o.name}")).otherwise(0)).alias(f"t_{o.name}")]
     totals = counted.agg(*sums).first()
+    if totals is None:  # an aggregation without groups always has its one row
+        raise RuntimeError("counting the prompt tokens gave no row")
     estimate = Estimate(rows=totals["rows"] or 0)
     for o in spec.outputs:
         n, tokens = totals[f"n_{o.name}"] or 0, totals[f"t_{o.name}"] or 0
@@ -247,15 +255,25 @@ def _per_endpoint(spec: JobSpec, outputs: list[OutputEstimate],
                                                                    batch))
         entry.outputs.append(item.output)
         entry.rows = max(entry.rows, item.rows)
-        entry.prompt_tokens = tuple(a + b for a, b in zip(entry.prompt_tokens, item.prompt_tokens))
-        entry.completion_tokens = tuple(None if a is None or b is None else a + b
-                                        for a, b in zip(entry.completion_tokens, item.completion_tokens))
+        (p0, p1, p2), (q0, q1, q2) = entry.prompt_tokens, item.prompt_tokens
+        entry.prompt_tokens = (p0 + q0, p1 + q1, p2 + q2)
+        (c0, c1, c2), (d0, d1, d2) = entry.completion_tokens, item.completion_tokens
+        entry.completion_tokens = (c0 + d0, _plus(c1, d1), _plus(c2, d2))
     for name, entry in by_name.items():
         price = price_for(prices, configs[name])
         if price is not None:
-            entry.cost = tuple(None if c is None else price.cost(p, c, batch=batch)
-                               for p, c in zip(entry.prompt_tokens, entry.completion_tokens))
+            (p0, p1, p2), (c0, c1, c2) = entry.prompt_tokens, entry.completion_tokens
+            entry.cost = (price.cost(p0, c0, batch=batch), _priced(price, p1, c1, batch), _priced(price, p2, c2, batch))
     return list(by_name.values())
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    """A sum of token bounds: no bound when either has none."""
+    return None if a is None or b is None else a + b
+
+
+def _priced(price: Price, prompt: int, completion: int | None, batch: bool) -> float | None:
+    return None if completion is None else price.cost(prompt, completion, batch=batch)
 
 
 def estimate_job(spark: SparkSession, spec: JobSpec, *, sample: int = 0, only_failed: bool = False,
