@@ -90,7 +90,7 @@ def read_input(spark: SparkSession, spec: JobSpec) -> DataFrame:
                           line=spec.where("input")) from None
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
@@ -98,6 +98,8 @@ def request_column(output: OutputSpec) -> Column:
     """The request for one output: a prompt template (``{column}`` placeholders, NULL if a column is NULL)
     or a SQL expression."""
     if output.prompt is None:
+        if output.request is None:  # parse_spec requires exactly one of the two
+            raise ConfigError(f"output '{output.name}' needs a prompt or a request")
         return F.expr(output.request)
     parts: list[Column] = []
     last = 0
@@ -174,7 +176,9 @@ def fingerprint_column(output: OutputSpec, request: Column) -> Column:
                           for value in values], dtype=object)
 
     digest.__name__ = f"fingerprint_{output.name}"
-    return pandas_udf(digest, T.StringType())(request)
+    # PySpark's stubs list pandas_udf(f, returnType) only for a function with type hints; without them it is the
+    # scalar UDF this is.
+    return pandas_udf(digest, T.StringType())(request)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -253,7 +257,7 @@ def _stage(spark: SparkSession, spec: JobSpec, pending: DataFrame, staging: str)
 def final_rows(spec: JobSpec, answered: DataFrame, carried: bool, run_id: str, chunk: int) -> DataFrame:
     """The results rows of a chunk from its staged rows and each output's metadata struct ``_m_<name>`` (what
     the UDF or a batch's output file gave): asked outputs take the new answer, the others keep the old one."""
-    columns = list(spec.keys)
+    columns: list[str | Column] = list(spec.keys)
     oks = []
     for o in spec.outputs:
         m = F.col(f"_m_{o.name}")
@@ -349,8 +353,8 @@ def run_job(spark: SparkSession, spec: JobSpec, *, only_failed: bool = False, ru
         raise
     finally:
         progress.finish()
-        result.ended = dt.datetime.now()
-        _finish(spark, spec, result, prices, staging)
+        result.ended = ended = dt.datetime.now()
+        _finish(spark, spec, result, prices, staging, ended)
         result.report = write_report(spark, spec, result)
     return result
 
@@ -422,13 +426,15 @@ def _limit_reached(spec: JobSpec, result: RunResult) -> str | None:
     return None
 
 
-def _finish(spark: SparkSession, spec: JobSpec, result: RunResult, prices: dict[str, Price], staging: str) -> None:
-    """Write the usage rows for everything this run answered, then drop the staging table."""
+def _finish(spark: SparkSession, spec: JobSpec, result: RunResult, prices: dict[str, Price], staging: str,
+            ended: dt.datetime) -> None:
+    """Write the usage rows for everything this run answered, then drop the staging table; ``ended`` is when
+    the run ended (``result.ended``)."""
     if result.rows_in and tables.table_exists(spark, spec.results_table):
         rows = spark.table(spec.results_table).where(F.col("run_id") == result.run_id)
         result.usage = summarize(rows, spec, prices)
         write_usage(spark, usage_rows(result.usage, run_id=result.run_id, job=spec.name, started=result.started,
-                                      ended=result.ended, status=result.status),
+                                      ended=ended, status=result.status),
                     spec.usage_table, spec.table_format)
     elif not tables.table_exists(spark, spec.usage_table):
         write_usage(spark, [], spec.usage_table, spec.table_format)  # created empty: nothing was asked
