@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-real llama-server browser test bench clean
+.PHONY: install demo demo-real llama-server browser lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ browser:
 	    { apt-get update -qq >/dev/null 2>&1 && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || true
 
-test: $(STAMP) llama-server browser
+# ruff and mypy, as configured in pyproject.toml; both must be clean
+lint: $(STAMP)
+	$(PY) -m ruff check batch jobs tests benchmarks
+	$(PY) -m mypy
+
+test: $(STAMP) lint llama-server browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -42,4 +47,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf $(VENV) spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
+from batch._wire import Usage
 from batch._yaml import line_of, load_yaml
 from batch.errors import ConfigError
 
@@ -36,8 +37,8 @@ class Price:
     unless given (OpenAI's Batch API is half price)."""
 
     input: float = 0.0
-    output: float = 0.0
     cached_input: float | None = None
+    output: float = 0.0
     reasoning: float | None = None
     batch_input: float | None = None
     batch_output: float | None = None
@@ -93,8 +94,11 @@ def load_prices(path: str | Path | None = None) -> dict[str, Price]:
     return prices
 
 
-@dataclass
-class EndpointUsage:
+@dataclass(kw_only=True)
+class EndpointUsage(Usage):
+    """One endpoint's share of a run: its rows, requests and billed tokens (the ``Usage`` fields, summed over
+    the rows the run asked itself), latency percentiles in milliseconds and the estimated cost in US dollars."""
+
     endpoint: str
     outputs: list[str]
     rows_in: int = 0
@@ -104,11 +108,6 @@ class EndpointUsage:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -184,9 +183,10 @@ def summarize(results: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
         tokens = {name: row[name] or 0 for name in TOKEN_FIELDS}
         p50, p95, p99 = [None if v is None else float(v) for v in latency]
         usages.append(EndpointUsage(
-            endpoint, outputs_by_endpoint[endpoint], row["rows_in"], row["rows_answered"], row["rows_failed"],
-            kinds, row["requests"] or 0, (row["attempts"] or 0) - (row["requests"] or 0), row["rate_limited"] or 0,
-            **tokens, latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
+            endpoint=endpoint, outputs=outputs_by_endpoint[endpoint], rows_in=row["rows_in"],
+            rows_answered=row["rows_answered"], rows_failed=row["rows_failed"], failed_by_kind=kinds,
+            requests=row["requests"] or 0, retries=(row["attempts"] or 0) - (row["requests"] or 0),
+            rate_limited=row["rate_limited"] or 0, **tokens, latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99,
             estimated_cost=_cost(price_for(prices, config), tokens, spec), execution=spec.execution.mode))
     return usages
 

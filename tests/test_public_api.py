@@ -158,3 +158,28 @@ def test_a_failed_ai_query_is_told_apart_by_class(spark, srv):
     assert not isinstance(caught.value, BatchError)  # it crossed the Python worker boundary
     found = failure_class(caught.value)
     assert found is HTTPRequestError and issubclass(found, EndpointError)
+
+
+def _layout() -> set[str]:
+    """The paths the README's Layout section names, from its indentation (two spaces a level)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    found, stack = set(), []
+    for line in block.strip("\n").splitlines():
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        stack = stack[:depth] + [name]
+        found.add("".join(stack))
+    return found
+
+
+def test_readme_layout_matches_the_tree():
+    tree = {str(path.relative_to(ROOT)) for package in ("batch", "jobs") for path in (ROOT / package).rglob("*")
+            if path.is_file() and path.suffix in (".py", ".typed") and "__pycache__" not in path.parts
+            and path.name not in ("__init__.py", "__main__.py")}
+    tree |= {str(path.relative_to(ROOT)) + "/" for package in ("batch", "jobs")
+             for path in [ROOT / package, *(ROOT / package).rglob("*")]
+             if path.is_dir() and (path / "__init__.py").exists()}
+    named = {path for path in _layout() if path.startswith(("batch/", "jobs/"))}
+    assert sorted(tree - named) == [], "in the tree but not in the README's layout"
+    assert sorted(named - tree) == [], "in the README's layout but not in the tree"
