@@ -37,7 +37,6 @@ from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
 from support import JOB_YAML, answer, failure, table, texts, tickets
 
-pytestmark = pytest.mark.spark
 
 MEGABYTE = "m" * 1_000_000
 ODD = "emoji 😀, NUL \x00, שלום, e\u0301, zero\u200bwidth, \ufeffbom"
@@ -45,6 +44,7 @@ ODD = "emoji 😀, NUL \x00, שלום, e\u0301, zero\u200bwidth, \ufeffbom"
 
 # ---------------------------------------------------------------- prompts at the edges
 
+@pytest.mark.spark
 def test_null_empty_whitespace_huge_and_odd_prompts(spark, srv, endpoints):
     prompts = [None, "", "  \t\n ", MEGABYTE, ODD, "plain"]
     rows = [r.a for r in texts(spark, prompts).select(ai_query("chat", "p", failOnError=False).alias("a")).collect()]
@@ -75,6 +75,7 @@ def test_lone_surrogates_do_not_break_the_request(srv, endpoints):
 
 # ---------------------------------------------------------------- request columns of the wrong type
 
+@pytest.mark.spark
 @pytest.mark.parametrize("ddl,value,needle", [
     ("binary", bytearray(b"\xff\xfe not utf-8"), "request column is BINARY"),
     ("int", 7, "request column is INT"),
@@ -88,6 +89,7 @@ def test_wrong_request_type_names_the_column_type(spark, srv, endpoints, ddl, va
     assert srv.stats()["requests"] == 0
 
 
+@pytest.mark.spark
 def test_struct_and_string_requests_to_the_wrong_endpoint(spark, srv, endpoints):
     df = spark.createDataFrame([(1.0, "x")], "a double, b string")
     message = failure(df.select(ai_query("dbx-custom", "b")))
@@ -97,6 +99,7 @@ def test_struct_and_string_requests_to_the_wrong_endpoint(spark, srv, endpoints)
     assert srv.stats()["requests"] == 0
 
 
+@pytest.mark.spark
 def test_bytes_that_are_not_utf8(spark, srv, endpoints):
     df = spark.sql("SELECT CAST(X'41FF42' AS STRING) AS p")
     message = failure(df.select(ai_query("chat", "p", failOnError=False)))
@@ -108,6 +111,7 @@ def test_bytes_that_are_not_utf8(spark, srv, endpoints):
 
 # ---------------------------------------------------------------- the endpoint says no
 
+@pytest.mark.spark
 def test_over_long_prompts_fail_alone(spark, srv, endpoints):
     srv.configure(max_prompt_chars=40)
     prompts = ["short one", "l" * 100, "short two", None, "short three"]
@@ -126,6 +130,7 @@ def test_over_long_prompts_fail_alone(spark, srv, endpoints):
     assert srv.stats()["requests"] == 1 + 4  # the packed request refused, then each row alone
 
 
+@pytest.mark.spark
 def test_unexpected_answer_shape_is_a_row_error_not_retried(spark, srv, endpoints):
     srv.configure(fault_rate=1.0, faults="unexpected")
     prompts = ["one", "two", "three"]
@@ -150,6 +155,7 @@ def _spec(db: str, outputs: dict, **changes) -> dict:
             "limits": {"max_error_fraction": 1.0}, **changes}
 
 
+@pytest.mark.spark
 def test_a_job_keeps_every_row_and_says_what_was_wrong(spark, srv, endpoints):
     srv.configure(max_prompt_chars=2000)
     bodies = ["a good ticket", None, "", "   ", MEGABYTE, "odd [[nonconforming]]", ODD, "bad [[badjson]]"]
@@ -181,6 +187,7 @@ def test_a_job_keeps_every_row_and_says_what_was_wrong(spark, srv, endpoints):
                                                    "ParseCastError": 2}
 
 
+@pytest.mark.spark
 @pytest.mark.parametrize("output,needle", [
     ({"endpoint": "chat", "request": "n"}, "endpoint 'chat' takes STRING, but the request is INT"),
     ({"endpoint": "chat", "request": "raw"}, "the request is BINARY (decode it"),
@@ -210,6 +217,7 @@ def test_malformed_job_file_names_file_and_line(tmp_path):
     assert "started at line 8" in message
 
 
+@pytest.mark.spark
 def test_unknown_endpoint_and_bad_parameters_in_raw_sql(spark, srv, endpoints):
     texts(spark, ["x"]).createOrReplaceTempView("bad_sql")
     batch.register(spark)

@@ -18,7 +18,6 @@ from jobs.spec import parse_spec
 from jobs.usage import Price
 from support import FAST, job_process, tickets
 
-pytestmark = pytest.mark.spark
 
 
 def _batches(srv, **changes) -> dict:
@@ -59,6 +58,7 @@ def _comparable(spark, table: str) -> list[tuple]:
     return out
 
 
+@pytest.mark.spark
 def test_batch_mode_writes_what_sync_mode_writes(spark, batch_srv):
     srv = batch_srv
     bodies = [f"batch ticket {i} about shipping" for i in range(150)]
@@ -104,6 +104,7 @@ def test_batch_mode_is_refused_for_endpoints_without_the_batch_api(batch_srv):
 
 # -------------------------------------------------------- 120,000 rows, killed between submission and completion
 
+@pytest.mark.spark
 def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv, tmp_path):
     rows = 120_000
     _batches(srv, delay_s=3600, reset=True)  # the first process can only submit and wait

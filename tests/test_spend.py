@@ -18,7 +18,6 @@ from jobs.spec import load_spec, parse_spec
 from jobs.usage import Price, load_prices
 from support import FAST
 
-pytestmark = pytest.mark.spark
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +49,7 @@ def _spec(db: str, **changes) -> dict:
     return spec
 
 
+@pytest.mark.spark
 def test_the_demo_estimate_is_within_a_quarter_of_the_spend(spark, srv, capsys):
     for name in ("demo-chat", "demo-embed"):
         config = registry.get(name)
@@ -76,6 +76,7 @@ def test_the_demo_estimate_is_within_a_quarter_of_the_spend(spark, srv, capsys):
     assert "spend: $" in capsys.readouterr().out
 
 
+@pytest.mark.spark
 def test_max_spend_stops_at_a_chunk_boundary_and_the_rerun_answers_every_key_once(spark, spend_srv):
     srv = spend_srv
     bodies = [f"ticket {i} about a late parcel" for i in range(100)]
@@ -98,6 +99,7 @@ def test_max_spend_stops_at_a_chunk_boundary_and_the_rerun_answers_every_key_onc
     assert sorted(calls) == sorted(f"Reply to: {b}" for b in bodies) and set(calls.values()) == {1}
 
 
+@pytest.mark.spark
 def test_an_estimate_above_max_spend_asks_nothing(spark, spend_srv):
     _tickets(spark, "sp_refuse", [f"ticket {i}" for i in range(30)])
     spec = parse_spec(_spec("sp_refuse", limits={"max_spend": 0.001}))
@@ -106,6 +108,7 @@ def test_an_estimate_above_max_spend_asks_nothing(spark, spend_srv):
     assert spend_srv.stats()["requests"] == 0
 
 
+@pytest.mark.spark
 def test_a_rerun_asks_only_what_changed(spark, spend_srv):
     srv = spend_srv
     bodies = [f"parcel {i} is late" for i in range(30)]
@@ -162,6 +165,7 @@ def test_a_rerun_asks_only_what_changed(spark, spend_srv):
     assert "5 removed" in summary(parse_spec(_spec("sp_inc", outputs=edited)), synced, 1.0)
 
 
+@pytest.mark.spark
 def test_billed_tokens_of_unusable_answers_reach_the_usage_table(spark, spend_srv):
     srv = spend_srv
     bodies = ([f"plain question {i}" for i in range(6)] + [f"[[shape:refusal]] question {i}" for i in range(3)]
