@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
-from batch.config import registry
+from batch.config import Registry
 from batch.serve import ServerProcess
 
 from .progress import Progress
@@ -28,25 +28,24 @@ SPEC = Path("conf") / "jobs" / "demo.yaml"
 REAL_ROWS = 24  # SmolLM2 on two cores answers a few requests a second: enough rows to see, few enough to wait for
 
 
-def _point_at(url: str) -> None:
-    """Aim the demo entries of the registry at the simulator that was just started."""
-    for name in ("demo-chat", "demo-embed"):
-        config = registry.get(name)
-        moved = config.with_overrides(base_url=url + "/v1") if config.api == "openai" else \
-            config.with_overrides(host=url)
-        registry.add(name, moved)
+DEMO_ENDPOINTS = ("demo-chat", "demo-embed")
+Served = tuple[Callable[[], str], Registry]  # what the endpoint saw, and the registry aimed at it
 
 
 @contextlib.contextmanager
-def _simulator() -> Iterator[Callable[[], str]]:
+def _simulator() -> Iterator[Served]:
     with ServerProcess(latency_ms=40, latency_jitter_ms=60, fault_rate=0.03, faults="429,503,drop") as server:
         print(f"endpoint simulator: {server.url} (40-100 ms latency, 3% injected faults)")
-        _point_at(server.url)
-        yield lambda: f"server saw {server.stats()['requests']} requests"
+        endpoints = Registry()  # conf/endpoints.yaml, with the demo entries aimed at this server
+        for name in DEMO_ENDPOINTS:
+            config = endpoints.get(name)
+            endpoints.add(name, config.with_overrides(base_url=server.url + "/v1") if config.api == "openai"
+                          else config.with_overrides(host=server.url))
+        yield (lambda: f"server saw {server.stats()['requests']} requests"), endpoints
 
 
 @contextlib.contextmanager
-def _real_model() -> Iterator[Callable[[], str]]:
+def _real_model() -> Iterator[Served]:
     from . import llama
 
     llama.build()
@@ -54,14 +53,14 @@ def _real_model() -> Iterator[Callable[[], str]]:
     with llama.LlamaServer() as chat, llama.LlamaServer(embeddings=True, parallel=2) as embed:
         print(f"real model: llama-server with SmolLM2-135M-Instruct at {chat.url}/v1 (chat) and {embed.url}/v1 "
               "(embeddings)")
-        for name, server in (("demo-chat", chat), ("demo-embed", embed)):
+        endpoints = Registry()
+        for name, server in zip(DEMO_ENDPOINTS, (chat, embed)):
             # llama-server decodes `parallel` requests at once and queues the rest, and a request's timeout
             # runs while it waits there: each worker sends no more than the server decodes at once
-            config = registry.get(name).with_overrides(api="openai", base_url=server.url + "/v1",
-                                                       model=llama.MODEL_NAME, max_concurrency=server.parallel,
-                                                       timeout=600.0)
-            registry.add(name, config)
-        yield lambda: "answered by llama-server"
+            endpoints.add(name, endpoints.get(name).with_overrides(
+                api="openai", base_url=server.url + "/v1", model=llama.MODEL_NAME, max_concurrency=server.parallel,
+                timeout=600.0))
+        yield (lambda: "answered by llama-server"), endpoints
 
 
 def _real_tables(spec):
@@ -74,8 +73,8 @@ def run_demo(rows: int | None = None, real: bool = False) -> bool:
     from .runner import run_job
 
     rows = rows or (REAL_ROWS if real else None)
-    with (_real_model() if real else _simulator()) as served:
-        spec = load_spec(SPEC)
+    with (_real_model() if real else _simulator()) as (served, endpoints):
+        spec = load_spec(SPEC, endpoints)
         if real:
             spec = _real_tables(spec)
         spark = session_for(spec)
