@@ -170,7 +170,9 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self.reusable = False
         self._read_timeout = read_timeout
-        assert self.transport is not None
+        if self.closed or self.transport is None:  # closed before its first request: nothing would answer
+            self._fail(_Dropped("the server closed the connection before the request"))
+            return waiter
         self.transport.write(request)
         if read_timeout is not None:
             self._last = loop.time()
