@@ -35,21 +35,17 @@ ROW_RECORD: dict[str, str] = {
 }
 
 
-@dataclass(slots=True)
-class RowOutcome:
-    """What happened to one row. Request-level counts sit on the first row a request served, and its
-    tokens are spread over its rows, so that summing any column over rows gives the true total."""
+@dataclass(slots=True, kw_only=True)
+class RowOutcome(Usage):
+    """What happened to one row, and its part of the billed tokens (the ``Usage`` fields). Request-level
+    counts sit on the first row a request served, and its tokens are spread over its rows, so that
+    summing any column over rows gives the true total."""
 
     value: Any = None
     error: EndpointError | None = None
     attempts: int = 0
     latency_ms: float | None = None
     started_at: float | None = None  # epoch seconds: when the row's request was first sent
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_tokens: int = 0
     requests: int = 0
     rate_limited: int = 0
     answered: bool = False
@@ -104,7 +100,8 @@ def _fill(outcomes: list[RowOutcome], rows: list[int], fill: RowOutcome, paid: b
     if paid and len(rows) == 1:  # the common case: no copy to make
         outcomes[rows[0]] = fill
         return
-    copy = RowOutcome(fill.value, fill.error, fill.attempts, fill.latency_ms, fill.started_at, answered=fill.answered)
+    copy = RowOutcome(value=fill.value, error=fill.error, attempts=fill.attempts, latency_ms=fill.latency_ms,
+                      started_at=fill.started_at, answered=fill.answered)
     outcomes[rows[0]] = fill if paid else copy
     for duplicate in rows[1:]:
         outcomes[duplicate] = copy
