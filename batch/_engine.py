@@ -14,10 +14,11 @@ import asyncio
 import collections
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from collections.abc import Callable, Mapping, Sequence
 
-from ._client import CallResult, EndpointClient
+from ._client import CallResult
+from .config import EndpointConfig
 from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError
 from ._wire import MULTI_INPUT_TASKS, Usage
 
@@ -107,7 +108,16 @@ def _fill(outcomes: list[RowOutcome], rows: list[int], fill: RowOutcome, paid: b
         outcomes[duplicate] = copy
 
 
-async def answer_rows(client: EndpointClient, values: Sequence[Any], *,
+class Caller(Protocol):
+    """What ``answer_rows`` calls: an ``EndpointClient``, or one wrapped around it (the host memo's)."""
+
+    config: EndpointConfig
+
+    async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,
+                   response_format: Mapping[str, Any] | None = None) -> CallResult: ...
+
+
+async def answer_rows(client: Caller, values: Sequence[Any], *,
                       params: Mapping[str, Any] | None = None,
                       response_format: Mapping[str, Any] | None = None,
                       convert: Callable[[Any], Any] | None = None, memo: Memo | None = None) -> list[RowOutcome]:
@@ -181,7 +191,7 @@ def _promise(memo: Memo | None, fresh: list[tuple[Any, Any]]) -> dict[Any, async
     return promises
 
 
-async def _ask(client: EndpointClient, fresh: list[tuple[Any, Any]], groups: dict[Any, list[int]],
+async def _ask(client: Caller, fresh: list[tuple[Any, Any]], groups: dict[Any, list[int]],
                outcomes: list[RowOutcome], promises: dict[Any, asyncio.Future],
                params: Mapping[str, Any] | None, response_format: Mapping[str, Any] | None,
                convert: Callable[[Any], Any] | None) -> None:
@@ -198,7 +208,7 @@ async def _ask(client: EndpointClient, fresh: list[tuple[Any, Any]], groups: dic
                 promises[key].set_result(fill)
 
 
-async def _call_chunk(client: EndpointClient, chunk: list[Any], params: Mapping[str, Any] | None,
+async def _call_chunk(client: Caller, chunk: list[Any], params: Mapping[str, Any] | None,
                       response_format: Mapping[str, Any] | None) -> list[tuple[CallResult, int, bool, int]]:
     """Per input: its call, its position in that call, whether it is the call's first input, the call's inputs."""
     result = await client.call(chunk, params, response_format)
@@ -248,7 +258,7 @@ def _outcome(endpoint: str, result: CallResult, position: int, first: bool, part
     if result.error is not None:
         outcome.error = result.error
         return outcome
-    value = result.results[position]
+    value = result.results[position] if result.results is not None else None
     try:
         outcome.value = convert(value) if convert is not None else value
         outcome.answered = True

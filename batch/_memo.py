@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from array import array
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Callable, Mapping, Sequence
@@ -77,8 +78,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> MemoSettings:
     settings = MemoSettings(enabled=enabled, folder=env.get("BATCH_MEMO_DIR") or None)
     if env.get("BATCH_MEMO_SCOPE", "").strip().lower() == "host":
         settings = replace(settings, scope="host")
-    numbers = {"max_age_s": ("BATCH_MEMO_MAX_AGE_S", float), "max_entries": ("BATCH_MEMO_MAX_ENTRIES", int),
-               "max_bytes": ("BATCH_MEMO_MAX_MB", lambda v: int(float(v) * 1024 * 1024))}
+    numbers: dict[str, tuple[str, Callable[[str], Any]]] = {
+        "max_age_s": ("BATCH_MEMO_MAX_AGE_S", float), "max_entries": ("BATCH_MEMO_MAX_ENTRIES", int),
+        "max_bytes": ("BATCH_MEMO_MAX_MB", lambda v: int(float(v) * 1024 * 1024))}
     for name, (variable, parse) in numbers.items():
         if env.get(variable):
             try:
@@ -151,7 +153,7 @@ class HostMemo:
 
     def __init__(self, settings: MemoSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings, self.clock = settings, clock
-        self.path = None
+        self.path: Path | None = None
         self._local = threading.local()
         self._stores = 0
         self._pending: list[tuple[bytes, Any]] = []  # answers of this turn of the event loop, not yet stored
@@ -177,6 +179,8 @@ class HostMemo:
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
+            if self.path is None:
+                raise sqlite3.OperationalError("the memo has no folder")
             connection = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=True)
             os.chmod(self.path, 0o600)
             connection.execute("PRAGMA journal_mode=WAL")
@@ -382,7 +386,7 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
     """``answer_rows``, with the rows whose answer the host already paid for filled from the memo and every
     fresh answer kept there as it arrives."""
     host = host_memo(settings) if settings is not None else None
-    if host is None:
+    if host is None or settings is None:
         return await answer_rows(client, values, params=params, response_format=response_format, convert=convert,
                                  memo=memo)
     remembering = RememberingClient(client, host, settings.scope)

@@ -93,7 +93,9 @@ def proxy_for(url: str) -> Proxy | None:
 def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
     if not no_proxy:
         return False
-    if urllib.request.proxy_bypass_environment(f"{host}:{port}" if port else host, {"no": no_proxy}):
+    # proxy_bypass_environment is urllib's own NO_PROXY matching; typeshed leaves it out as undocumented
+    if urllib.request.proxy_bypass_environment(  # type: ignore[attr-defined]
+            f"{host}:{port}" if port else host, {"no": no_proxy}):
         return True
     try:
         address = ipaddress.ip_address(host)
@@ -446,8 +448,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers = {**headers, **proxy.headers}                      # aiohttp sends proxy_headers on CONNECT only
         try:
             async with session.request(method, url, data=body, headers=headers, timeout=timeout,
-                                       allow_redirects=False, proxy=proxy and proxy.url,
-                                       proxy_headers=proxy and proxy.headers) as resp:
+                                       allow_redirects=False, proxy=proxy.url if proxy else None,
+                                       proxy_headers=proxy.headers if proxy else None) as resp:
                 return resp, await resp.read()
         except TimeoutError as exc:
             raise httpx.ReadTimeout(f"timed out: {exc}", request=request) from None

@@ -243,7 +243,7 @@ def _responses_answer(body: Mapping[str, Any], structured: bool, max_tokens: int
     text = "".join(texts) if texts else None
     incomplete = body.get("incomplete_details")
     reason = incomplete.get("reason") if isinstance(incomplete, Mapping) else None
-    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(reason, "stop")
+    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(str(reason), "stop")
     if text and finish == "stop" and body.get("status", "completed") == "completed" and not refusals:
         return text
     message = {"content": text, "refusal": " ".join(refusals) or None, "tool_calls": calls or None,

@@ -135,7 +135,9 @@ def chunk_totals(rows: DataFrame, spec: JobSpec, prices: Mapping[str, Price]) ->
     for output in spec.outputs:
         s = F.col(status_column(output.name))
         sums += [F.sum(F.when(asked_here(s), s[name])) for name in TOKEN_FIELDS]
-    values = [v or 0 for v in rows.agg(*sums).first()]
+    totals = rows.agg(*sums).first()
+    assert totals is not None  # an aggregate without grouping has one row
+    values = [v or 0 for v in totals]
     failed, tokens, spend = values[0], 0, 0.0
     width = len(TOKEN_FIELDS)
     for i, output in enumerate(spec.outputs):
