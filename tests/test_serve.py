@@ -10,7 +10,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,9 @@ import pytest
 
 from batch.serve import ServerProcess, simulate as sim
 from batch.serve.simulate import simulated_answer, simulated_embedding, simulated_json, simulated_prediction
+
+import support
+from support import poll
 
 DEFAULTS = dict(
     latency_ms=0, latency_jitter_ms=0, rate_limit=0, burst=None, retry_after="auto", token=None,
@@ -43,8 +45,7 @@ def srv():
 
 @pytest.fixture(autouse=True)
 def fresh(srv):
-    srv.configure(**DEFAULTS)
-    srv.reset()
+    support.restore(srv, **DEFAULTS)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +56,6 @@ def http(srv):
 
 def chat(text, **extra):
     return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
-
-
-def poll(check, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 # ---------------------------------------------------------------- wire formats

@@ -21,6 +21,8 @@ from databricks.sdk.service.serving import ChatMessage, ChatMessageRole  # noqa:
 from batch.serve import ServerProcess, simulated_answer, simulated_embedding  # noqa: E402
 from batch.serve.simulate import count_tokens  # noqa: E402
 
+import support  # noqa: E402
+
 TOKEN = "client-test-token"
 
 
@@ -38,7 +40,7 @@ def isolated_env(monkeypatch, tmp_path, srv):
         if name.startswith(("DATABRICKS_", "OPENAI_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-such.databrickscfg"))
-    srv.reset()
+    support.restore(srv)
 
 
 @pytest.fixture
