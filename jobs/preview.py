@@ -13,7 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from batch._yaml import Lines, load_yaml
 from batch.config import Registry, registry
-from batch._engine import ROW_RECORD
+from batch._engine import ROW_RECORD, RowOutcome
 from batch.errors import ConfigError
 from batch._cluster import task_slots
 from batch._functions import query_column
@@ -151,30 +151,13 @@ def _short(value: Any) -> str:
 
 # ------------------------------------------------------------------ the sample, answered
 
-# One sampled answer: its value or its error's text and kind, and the per-row record by name (engine.ROW_RECORD);
-# counts NULL in the record are 0, times stay NULL.
-if TYPE_CHECKING:
-    @dataclass
-    class Answer:
-        """The record made from ROW_RECORD below, as the type checker sees it: keep its fields in step."""
+@dataclass(slots=True, kw_only=True)
+class Answer(RowOutcome):
+    """One sampled answer, read back from the UDF's metadata struct: the per-row record (``ROW_RECORD``;
+    counts NULL there are 0, times stay NULL), with the error as its message and kind."""
 
-        value: Any = None
-        error: str | None = None
-        error_kind: str | None = None
-        attempts: int = 0
-        latency_ms: float | None = None
-        started_at: float | None = None
-        prompt_tokens: int = 0
-        completion_tokens: int = 0
-        total_tokens: int = 0
-        reasoning_tokens: int = 0
-        cached_tokens: int = 0
-        requests: int = 0
-        rate_limited: int = 0
-else:
-    Answer = dataclasses.make_dataclass("Answer", [
-        ("value", Any, None), ("error", "str | None", None), ("error_kind", "str | None", None),
-        *((name, Any, None if sql_type == "double" else 0) for name, sql_type in ROW_RECORD.items())])
+    message: str | None = None
+    error_kind: str | None = None
 
 
 @dataclass
@@ -250,9 +233,9 @@ def _call_key(output: OutputSpec) -> tuple:
 def _answer(meta: Any) -> Answer:
     if meta is None:
         return Answer()
-    record = {name: meta[name] if meta[name] is not None or sql_type == "double" else 0
-              for name, sql_type in ROW_RECORD.items()}
-    return Answer(meta["result"], meta["errorMessage"], meta["error_kind"], **record)
+    record: dict[str, Any] = {name: meta[name] if meta[name] is not None or sql_type == "double" else 0
+                              for name, sql_type in ROW_RECORD.items()}
+    return Answer(value=meta["result"], message=meta["errorMessage"], error_kind=meta["error_kind"], **record)
 
 
 # ------------------------------------------------------------------ projections
@@ -275,7 +258,7 @@ def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Answer]], 
         mine = [a[(variant, output.name)] for a in answers if (variant, output.name) in a]
         prompt = sum(a.prompt_tokens for a in mine) * scale
         completion = sum(a.completion_tokens for a in mine) * scale
-        asked = [a for a in mine if a.attempts or a.error]
+        asked = [a for a in mine if a.attempts or a.message]
         if config.task in _PACKED:
             requests = len(asked) * scale / config.batch_size
             per_task = math.ceil(spec.commit_every / slots / config.batch_size)
@@ -319,10 +302,10 @@ def project(spec: JobSpec, answers: Sequence[Mapping[tuple[str, str], Answer]], 
 
 def _stats(preview: Preview, variant: Variant) -> dict[str, Any]:
     mine = [a[(variant.name, o.name)] for a in preview.answers for o in variant.spec.outputs]
-    asked = [a for a in mine if a.attempts or a.error]
+    asked = [a for a in mine if a.attempts or a.message]
     timed = sorted(a.latency_ms for a in mine if a.requests and a.latency_ms is not None)
     pick = (lambda q: timed[min(len(timed) - 1, int(q * len(timed)))]) if timed else (lambda q: None)
-    return dict(asked=len(asked), failed=sum(1 for a in mine if a.error), p50=pick(0.5), p95=pick(0.95),
+    return dict(asked=len(asked), failed=sum(1 for a in mine if a.message), p50=pick(0.5), p95=pick(0.95),
                 tokens=sum(a.total_tokens for a in mine), latencies=timed)
 
 
@@ -345,7 +328,7 @@ def render_text(preview: Preview, path: Path | None = None) -> str:
                 a = preview.answers[i].get((variant.name, output.name))
                 if a is None:
                     continue
-                shown = f"ERROR {a.error_kind or ''}: {a.error}" if a.error else _one_line(a.value)
+                shown = f"ERROR {a.error_kind or ''}: {a.message}" if a.message else _one_line(a.value)
                 lines.append(f"    {output.name} / {variant.name}: {shown[:100]}")
     if path is not None:
         lines.append(f"  page: {path}")
@@ -373,9 +356,9 @@ def _answer_html(a: Answer | None) -> str:
     if a.rate_limited:
         meta.append(f"{a.rate_limited} × 429")
     tail = f'<div class="meta">{page.text(" · ".join(meta))}</div>' if meta else ""
-    if a.error:
+    if a.message:
         return (f'<div class="error"><span class="kind">{page.text(a.error_kind or "error")}</span>: '
-                f'{page.show_value(a.error)}</div>{tail}')
+                f'{page.show_value(a.message)}</div>{tail}')
     return f'<div class="answer">{page.show_value(a.value)}</div>{tail}'
 
 

@@ -95,6 +95,12 @@ def test_job_runner_through_connect(run):
     assert run["job_rows"] == [[i, simulated_answer(f"Reply to: {b}")[0]] for i, b in enumerate(TICKETS)]
 
 
+def test_a_failed_query_is_told_apart_by_class_through_connect(run):
+    """A 400 fails the query (failOnError => true): Connect's exception carries the worker's class name."""
+    assert run["failure"]["class"] == "HTTPRequestError", run["failure"]
+    assert run["failure"]["raised"] != "HTTPRequestError"  # what crossed the wire is Spark Connect's own
+
+
 def test_rate_budget_through_connect(run):
     """No SparkContext here: the slot count comes from the server's configuration (local[2])."""
     assert run["task_slots"] == 2 and run["pinned_slots"] == "2"
@@ -186,6 +192,12 @@ def connect_client(url: str, spec: str, endpoints: str, server: str) -> dict:
     report["dataframe"] = [r["answer"] for r in out]
     report["embeddings"] = [r["vec"] for r in out]
     report["structured"] = [r["structured"].asDict() if r["structured"] is not None else None for r in out]
+    try:
+        prompts.limit(1).select(batch.ai_query("cn-chat", F.lit("[[fault:400]] refused"))).collect()
+        report["failure"] = {"class": None, "raised": None}
+    except Exception as exc:  # noqa: BLE001 - what Spark Connect raises is what is under test
+        found = batch.failure_class(exc)
+        report["failure"] = {"class": found and found.__name__, "raised": type(exc).__name__}
     mark("dataframe")
 
     batch.register(spark)
