@@ -62,6 +62,24 @@ def ai_query(endpoint: str | EndpointConfig, request: Column | str, returnType: 
         ``'text'``, ``'json_object'``, an OpenAI ``json_schema`` document, or a DDL struct
         (``'STRUCT<label: STRING>'``). The answer stays a JSON string unless returnType is given.
 
+    Returns
+    -------
+    Column
+        STRING for chat and completions, ``ARRAY<FLOAT>`` for embeddings, ``returnType`` when given;
+        with ``failOnError=False``, ``STRUCT<result: <that type>, errorMessage: STRING>``. A NULL
+        request gives NULL, and no call.
+
+    Raises
+    ------
+    ConfigError
+        When the column is built, on the driver: ``UnknownEndpointError``, ``InvalidModelParametersError``,
+        ``UnsupportedResponseFormatError``, ``InvalidRequestTypeError``, or a returnType that is not DDL.
+    EndpointError
+        When the query runs, with ``failOnError=True``: the first row that could not be answered after
+        retries fails its task with its kind (``RateLimitError``, ``ServerError``, ``TransportError``,
+        ``HTTPRequestError``, ``InvalidResponseError``, ``ParseCastError``). The driver sees Spark's
+        exception; ``batch.failure_class(exc)`` names the kind.
+
     Examples
     --------
     >>> df.withColumn("answer", ai_query("my-chat", "prompt", modelParameters={"max_tokens": 64}))

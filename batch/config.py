@@ -41,6 +41,12 @@ class EndpointConfig:
     going at 1 s latency, and a 10 s reasoning model 100 a second. ``requests_per_minute`` /
     ``tokens_per_minute`` are the endpoint's whole budget: the UDF layer splits it between concurrently
     running tasks.
+
+    Units: ``timeout`` (per request, 120 s), ``connect_timeout``, ``initial_backoff`` and
+    ``max_backoff`` are seconds; ``max_retries`` counts retries after the first attempt; ``batch_size``
+    is inputs per request for the tasks that take several (embeddings, custom models). ``token_env``,
+    ``client_id_env``, ``client_secret_env`` and ``host_env`` name environment variables, never their
+    values. Raises ConfigError naming the key when a value is wrong.
     """
 
     name: str
