@@ -118,6 +118,7 @@ class EndpointConfig:
         return self.model or self.name
 
     def resolved_host(self) -> str:
+        """The workspace URL of a databricks endpoint: ``host``, else ``$<host_env>``. Raises ConfigError."""
         host = self.host or os.environ.get(self.host_env)
         if not host:
             raise ConfigError(f"databricks endpoint '{self.name}' needs host, or the variable {self.host_env} set",
@@ -140,6 +141,7 @@ class EndpointConfig:
         return self.base_url.rstrip("/")
 
     def with_overrides(self, **changes: Any) -> EndpointConfig:
+        """A copy with ``changes`` (field names as keys), checked as a new entry is: raises ConfigError."""
         return dataclasses.replace(self, **changes)
 
 
@@ -246,6 +248,7 @@ class Registry:
         return entry
 
     def names(self) -> list[str]:
+        """Every endpoint name, from the file and from code, sorted."""
         return sorted(set(self._entries()) | set(self._code_entries))
 
     def _entries(self) -> dict[str, EndpointConfig]:
@@ -254,6 +257,7 @@ class Registry:
         return self._file_entries or {}
 
     def get(self, name: str) -> EndpointConfig:
+        """The entry named ``name`` (code wins over the file). Raises UnknownEndpointError listing the known ones."""
         if not isinstance(name, str) or not name:
             raise UnknownEndpointError(f"the endpoint must be a literal, non-empty name, got {name!r}")
         if name in self._code_entries:

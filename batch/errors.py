@@ -116,6 +116,7 @@ class EndpointError(BatchError):
         super().__init__(self.describe())
 
     def describe(self) -> str:
+        """The message: ``[ERROR_CLASS] endpoint 'name' HTTP status: what the endpoint said``."""
         status = f" HTTP {self.status}" if self.status is not None else ""
         return f"[{self.error_class}] endpoint '{self.endpoint}'{status}: {self.detail}"
 

@@ -41,6 +41,22 @@ def test_every_exported_name_resolves_and_says_what_it_is():
         batch.engine  # noqa: B018 - the lookup itself is what is tested
 
 
+@pytest.mark.parametrize("module", ["batch.config", "batch.errors", "batch.serve"])
+def test_the_public_modules_say_what_each_name_does(module):
+    """Every name in a public module's ``__all__``, and every public method of its classes, has a docstring."""
+    namespace = __import__(module, fromlist=["__all__"])
+    missing = []
+    for name in namespace.__all__:
+        value = getattr(namespace, name)
+        if isinstance(value, type):
+            missing += [] if value.__dict__.get("__doc__") else [name]
+            missing += [f"{name}.{attr}" for attr, member in vars(value).items()
+                        if callable(member) and not attr.startswith("_") and not inspect.getdoc(member)]
+        elif callable(value) and not inspect.getdoc(value):
+            missing.append(name)
+    assert missing == []
+
+
 def test_every_error_class_is_exported():
     classes = {name for name, value in vars(batch.errors).items()
                if isinstance(value, type) and issubclass(value, BatchError)}

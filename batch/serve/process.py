@@ -68,6 +68,7 @@ class ServerProcess:
         self._returncode: int | None = None
 
     def start(self) -> ServerProcess:
+        """Start the child process and wait until it says it is listening; a second call does nothing."""
         if self._proc is not None:
             return self
         self._proc = subprocess.Popen(
@@ -120,21 +121,28 @@ class ServerProcess:
         return response.json()
 
     def stats(self) -> dict:
+        """``GET /_admin/stats``: requests, 429s, faults, tokens and in-flight counts since the last reset."""
         return self._call("GET", "/_admin/stats")
 
     def configure(self, **options: Any) -> dict:
+        """Change options while it runs (None: the option's default); returns every option, secrets masked.
+        Raises httpx.HTTPStatusError (400) naming a wrong value."""
         return self._call("POST", "/_admin/config", options)
 
     def reset(self) -> None:
+        """Zero the counters and recordings (the options stay as they are)."""
         self._call("POST", "/_admin/reset")
 
     def prompts(self) -> dict:
+        """``GET /_admin/prompts`` (with ``record=True``): calls and answers per prompt text."""
         return self._call("GET", "/_admin/prompts")
 
     def bodies(self) -> list:
+        """``GET /_admin/bodies`` (with ``record=True``): the last 200 request bodies, oldest first."""
         return self._call("GET", "/_admin/bodies")
 
     def stop(self) -> None:
+        """Stop the child process (terminate, then kill after a bound); a second call does nothing."""
         if self._admin is not None:
             self._admin.close()
             self._admin = None
