@@ -41,6 +41,7 @@ from batch._udf import arrow_type, output_type, rows_to_frame
 from batch._wire import Usage, request_body
 
 from . import tables
+from .chunks import account_chunk, final_rows
 from .spec import JobSpec, OutputSpec
 
 __all__ = ["answer", "finish_open", "BatchApi", "STATE_SCHEMA"]
@@ -336,7 +337,6 @@ def _wait(spec: JobSpec, groups: list[_Group], sleep: Callable[[float], None]) -
 
 def _write_group(spark: SparkSession, spec: JobSpec, group: _Group, states: list[dict[str, Any]],
                  run_id: str) -> None:
-    from .runner import final_rows
 
     rows = spark.table(_rows_table(spec, group.group_id))
     carried = any(c.startswith("_ps_") for c in rows.columns)
@@ -363,7 +363,6 @@ def _write_group(spark: SparkSession, spec: JobSpec, group: _Group, states: list
 
 def _settle(spark: SparkSession, spec: JobSpec, groups: list[_Group], result: Any, prices: Any, progress: Any,
             sleep: Callable[[float], None]) -> None:
-    from .runner import account_chunk
 
     for group, states in _wait(spec, groups, sleep):
         _write_group(spark, spec, group, states, result.run_id)

@@ -26,6 +26,8 @@ from pyspark.sql.functions import pandas_udf
 from batch.config import EndpointConfig
 from batch._functions import query_column
 
+from .plan import check_input, plan_rows, read_input
+from .result import RunResult
 from .spec import JobSpec, OutputSpec
 from .usage import Price, load_prices, price_for
 
@@ -279,10 +281,8 @@ def _priced(price: Price, prompt: int, completion: int | None, batch: bool) -> f
 def estimate_job(spark: SparkSession, spec: JobSpec, *, sample: int = 0, only_failed: bool = False,
                  prices: Mapping[str, Price] | None = None) -> Estimate:
     """The estimate for what ``run`` would answer now, writing nothing (the sample's answers are paid for)."""
-    from .runner import RunResult, _check_input, plan_rows, read_input
-
     df = read_input(spark, spec)
-    _check_input(df, spec)
+    check_input(df, spec)
     counts = RunResult("estimate")
     plan = plan_rows(spark, spec, df, only_failed, counts)
     estimate = estimate_rows(spark, spec, plan.rows, prices, sample)

@@ -27,7 +27,7 @@ from batch._cluster import task_slots
 from batch._functions import query_column
 
 from . import page, svg
-from .runner import _check_input, read_input, request_column
+from .plan import check_input, read_input, request_column
 from .spec import _OUTPUT, JobSpec, OutputSpec, _Checker, job_endpoints, parse_spec
 from .usage import Price, load_prices, price_for
 
@@ -198,7 +198,7 @@ def run_preview(spark: SparkSession, base: JobSpec, variants: Sequence[Variant],
     prices = load_prices(base.prices) if prices is None else prices
     df = read_input(spark, base)
     for variant in variants:
-        _check_input(df, variant.spec)
+        check_input(df, variant.spec)
     sample, total = _sample(spark, base, df, rows)
     calls: dict[tuple, OutputSpec] = {}  # an output unchanged between variants is asked once
     for variant in variants:

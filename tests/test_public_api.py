@@ -71,26 +71,28 @@ def test_internal_modules_are_marked():
         assert any(part.startswith("_") for part in parts), f"{name} is neither public nor marked internal"
 
 
-def _top_level_imports(path: Path, module: str) -> set[str]:
-    """First-party modules a module imports when it is imported (not inside functions or TYPE_CHECKING)."""
+def _imports(path: Path, module: str) -> set[str]:
+    """First-party modules a module imports, at the top or inside functions (not under TYPE_CHECKING)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
-    tree = ast.parse(path.read_text())
-    for node in tree.body:
+    pending: list[ast.AST] = [ast.parse(path.read_text())]
+    while pending:
+        node = pending.pop()
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            pending.extend(node.orelse)
             continue
-        for sub in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
-            if isinstance(sub, ast.Import):
-                found.update(alias.name for alias in sub.names)
-            elif isinstance(sub, ast.ImportFrom):
-                if sub.level:
-                    base = package.rsplit(".", sub.level - 1)[0] if sub.level > 1 else package
-                    target = f"{base}.{sub.module}" if sub.module else base
-                else:
-                    target = sub.module or ""
-                # `from pkg import name`: the module pkg.name where it is one, else pkg itself
-                found.update(f"{target}.{alias.name}" if _is_module(f"{target}.{alias.name}") else target
-                             for alias in sub.names)
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            # `from pkg import name`: the module pkg.name where it is one, else pkg itself
+            found.update(f"{target}.{alias.name}" if _is_module(f"{target}.{alias.name}") else target
+                         for alias in node.names)
+        pending.extend(ast.iter_child_nodes(node))
     return {name for name in found if name.split(".")[0] in ("batch", "jobs")}
 
 
@@ -105,7 +107,7 @@ def test_no_import_cycles():
         for name in modules(package):
             path = ROOT / name.replace(".", "/")
             path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-            graph[name] = _top_level_imports(path, name)
+            graph[name] = _imports(path, name)
     for name in graph:
         # a module's own packages are always imported before it, so an import of one of them is no cycle
         graph[name] = {target for target in graph[name]
@@ -199,3 +201,22 @@ def test_readme_layout_matches_the_tree():
     named = {path for path in _layout() if path.startswith(("batch/", "jobs/"))}
     assert sorted(tree - named) == [], "in the tree but not in the README's layout"
     assert sorted(named - tree) == [], "in the README's layout but not in the tree"
+
+
+def test_the_per_row_record_names_fields_of_the_row_outcome():
+    """ROW_RECORD (the UDF's metadata struct, the results table's status, the usage sums) reads RowOutcome's
+    fields by name: every name must be one, with a Spark type that holds its Python type."""
+    import dataclasses
+    import typing
+
+    from batch._engine import ROW_RECORD, RowOutcome
+    from batch._udf import METADATA_FIELDS
+    from jobs.tables import STATUS_FIELDS
+
+    hints = typing.get_type_hints(RowOutcome)
+    holds = {"int": (int,), "bigint": (int,), "double": (float,)}
+    for name, sql_type in ROW_RECORD.items():
+        assert name in {f.name for f in dataclasses.fields(RowOutcome)}, name
+        assert any(t in holds[sql_type] for t in typing.get_args(hints[name]) or (hints[name],)), (name, sql_type)
+    assert [f.name for f in METADATA_FIELDS] == [*ROW_RECORD, "error_kind"]
+    assert [name for name in STATUS_FIELDS if name in ROW_RECORD] == list(ROW_RECORD)
