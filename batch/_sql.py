@@ -47,7 +47,8 @@ def register(spark: SparkSession, name: str = "ai_query") -> None:
 
     Endpoints added in code so far travel along; the registered function cannot see later ones. A
     call's mistakes raise ``ConfigError`` in the first task that runs it, a failed row its
-    ``EndpointError``. Also pins the session's task slot count (``batch._cluster.pin_task_slots``).
+    ``EndpointError``. Also records the session's task slot count in ``spark.aiquery.taskSlots`` (unless set), so
+    that each task spends its share of an endpoint's per-minute budget (``docs/cluster.md``).
     """
     raw = RawQuery({n: registry.get(n) for n in registry.names()})
 

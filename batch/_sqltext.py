@@ -121,6 +121,20 @@ def calls(text: str, names: set[str]) -> Iterator[tuple[int, int, str, str]]:
 
 # ---------------------------------------------------------------- constant arguments
 
+# Spark's string literal escapes (SparkParserUtils.unescapeSQLString): \uXXXX, three octal digits, one character.
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[0-3][0-7]{2}|.)", re.DOTALL)
+_ESCAPED = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a", "%": "\\%", "_": "\\_"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) == 5:
+        return chr(int(code[1:], 16))
+    if len(code) == 3:
+        return chr(int(code, 8))
+    return _ESCAPED.get(code, code)
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[dDfFlL]?$")
 
 
@@ -134,9 +148,7 @@ def literal(text: str, what: str) -> Any:
     if not t:
         raise ConfigError(f"{what} is empty")
     if t[0] in "'\"" and _skip(t, 0) == len(t):
-        body = t[1:-1]
-        return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)),
-                      body.replace(t[0] * 2, t[0]))
+        return _ESCAPE.sub(_unescape, t[1:-1].replace(t[0] * 2, t[0]))
     lower = t.lower()
     if lower in ("true", "false"):
         return lower == "true"

@@ -6,6 +6,12 @@ makes a NULL prompt, so the result is NULL and no call is made. The endpoint com
 configuration (``defaults: {chat: ..., embeddings: ...}`` in the registry, or the only
 endpoint of that task) unless ``endpoint=`` names one.
 
+For every function: a ``str`` argument names a column, a Column is used as it is. Building the
+column raises ConfigError on the driver (``UnknownEndpointError``; an endpoint of another task;
+too few or more than 500 labels, or labels that are not distinct non-empty strings; a
+``max_words`` that is not a whole number >= 0). When the query runs, a row that cannot be answered
+after retries fails it with its ``EndpointError``, as ``ai_query`` does with ``failOnError => true``.
+
 Classification asks for a JSON schema whose ``enum`` is the labels and keeps the label
 (any other answer is NULL, as Databricks returns NULL when it cannot classify);
 extraction asks for a DDL struct of one STRING field per label and parses into it.
@@ -295,17 +301,18 @@ def _apply(task: Task, **args: Column | str) -> Column:
 
 
 def ai_analyze_sentiment(content: Column | str, *, endpoint: str | None = None) -> Column:
-    """positive, negative, neutral or mixed (NULL when the model gives none of them)."""
+    """STRING: positive, negative, neutral or mixed (NULL when the model gives none of them). Errors: see the
+    module docstring, as for every task function."""
     return _apply(sentiment_task(endpoint), content=content)
 
 
 def ai_classify(content: Column | str, labels: Sequence[str], *, endpoint: str | None = None) -> Column:
-    """One of ``labels`` (2 to 500 strings) per row, NULL when the model gives none of them."""
+    """STRING: one of ``labels`` (2 to 500 distinct strings) per row, NULL when the model gives none of them."""
     return _apply(classify_task(labels, endpoint), content=content)
 
 
 def ai_extract(content: Column | str, labels: Sequence[str], *, endpoint: str | None = None) -> Column:
-    """STRUCT with one STRING field per label, each the value found in the text."""
+    """STRUCT with one STRING field per label (each a field name), each the value found in the text."""
     return _apply(extract_task(labels, endpoint), content=content)
 
 
@@ -320,22 +327,24 @@ def ai_gen(prompt: Column | str, *, endpoint: str | None = None) -> Column:
 
 
 def ai_mask(content: Column | str, labels: Sequence[str], *, endpoint: str | None = None) -> Column:
-    """The text with each piece of the kinds named in ``labels`` replaced by ``[MASKED]``."""
+    """STRING: the text with each piece of the kinds named in ``labels`` replaced by ``[MASKED]``."""
     return _apply(mask_task(labels, endpoint), content=content)
 
 
 def ai_similarity(expr1: Column | str, expr2: Column | str, *, endpoint: str | None = None) -> Column:
-    """FLOAT cosine similarity of the two texts' embeddings (relative: compare scores from one endpoint)."""
+    """FLOAT in [-1, 1]: the cosine similarity of the two texts' embeddings, from an embeddings endpoint
+    (relative: compare scores from one endpoint). NULL when either text is NULL."""
     return _apply(similarity_task(endpoint), expr1=expr1, expr2=expr2)
 
 
 def ai_summarize(content: Column | str, max_words: int = 50, *, endpoint: str | None = None) -> Column:
-    """A summary of at most ``max_words`` words (a target, not a cut; 0 means no limit)."""
+    """STRING: a summary of at most ``max_words`` words (a target, not a cut; 0 means no limit)."""
     return _apply(summarize_task(max_words, endpoint), content=content)
 
 
 def ai_translate(content: Column | str, to_lang: str | Column, *, endpoint: str | None = None) -> Column:
-    """``to_lang``: a language code such as 'fr', or a column of them."""
+    """STRING: the text translated into ``to_lang``, a language code such as 'fr' (a ``str`` here is the
+    code itself, not a column name), or a Column of them."""
     if isinstance(to_lang, Column):
         return _apply(translate_task(None, endpoint), content=content, to_lang=to_lang)
     return _apply(translate_task(to_lang, endpoint), content=content)

@@ -47,7 +47,7 @@ __all__ = ["make_udf", "Answering", "one_column", "answer_series", "nondetermini
            "wraps_result", "METADATA_FIELDS", "rows_to_frame", "request_values", "pipelined", "raise_failures"]
 
 _SQL_TYPES = {"int": T.IntegerType(), "bigint": T.LongType(), "double": T.DoubleType(), "string": T.StringType()}
-# The per-row record (``engine.ROW_RECORD``) as struct fields, then the error's kind.
+# The per-row record (``_engine.ROW_RECORD``) as struct fields, then the error's kind.
 METADATA_FIELDS = [T.StructField(name, _SQL_TYPES[kind], True) for name, kind in ROW_RECORD.items()] + [
     T.StructField("error_kind", T.StringType(), True)]
 

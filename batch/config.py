@@ -153,7 +153,7 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}", key=key)
 
 
-def endpoint_from_mapping(name: str, entry: Any, *, source: str = "<code>", lines: Lines | None = None,
+def _endpoint_from_mapping(name: str, entry: Any, *, source: str = "<code>", lines: Lines | None = None,
                           prefix: tuple[str, ...] = ()) -> EndpointConfig:
     """Build an entry from plain data, turning every problem into an error that names file, endpoint, key, line."""
     lines = lines or {}
@@ -225,16 +225,17 @@ class Registry:
             raise ConfigError("'defaults' must map tasks to endpoint names", source=source,
                               line=line_of(lines, "defaults"))
         self.defaults = {str(k): str(v) for k, v in defaults.items()}
-        return {str(name): endpoint_from_mapping(str(name), entry, source=source, lines=lines, prefix=("endpoints",))
+        return {str(name): _endpoint_from_mapping(str(name), entry, source=source, lines=lines, prefix=("endpoints",))
                 for name, entry in endpoints.items()}
 
     def with_file(self, path: str | Path) -> Registry:
-        """A registry reading ``path`` (which must exist) and sharing this one's entries added in code, which
+        """A registry reading ``path`` (which must exist), with a copy of the entries added in code so far, which
         still win: how a job's ``endpoints:`` key or ``--endpoints`` picks its file without changing this one.
 
         Raises ConfigError when the file is missing or malformed."""
         other = Registry(path)
-        other._code_entries = self._code_entries
+        with self._lock:
+            other._code_entries = dict(self._code_entries)
         return other.load()
 
     def add(self, name: str, config: EndpointConfig | Mapping[str, Any] | None = None, **keys: Any) -> EndpointConfig:
@@ -242,7 +243,7 @@ class Registry:
         if isinstance(config, EndpointConfig):
             entry = config if config.name == name else config.with_overrides(name=name)
         else:
-            entry = endpoint_from_mapping(name, {**(config or {}), **keys})
+            entry = _endpoint_from_mapping(name, {**(config or {}), **keys})
         with self._lock:
             self._code_entries[name] = entry
         return entry

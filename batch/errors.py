@@ -174,7 +174,7 @@ class EmptyRequestError(EndpointError):
     error_class = "EMPTY_REQUEST"
 
 
-TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
+_TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
 # Codes or types that OpenAI-style endpoints put in a 429 when the account is out of credit, not over a rate.
 QUOTA_KINDS = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
@@ -188,7 +188,7 @@ def status_error(endpoint: str, status: int, text: str, retry_after: float | Non
             return QuotaExceededError(endpoint, f"{text} (the account has no quota left, so the request is not "
                                       "retried: add credit or raise the quota, then run again)", status=status)
         return RateLimitError(endpoint, text, status=status, retry_after=retry_after)
-    if status in TRANSIENT_STATUSES:
+    if status in _TRANSIENT_STATUSES:
         return ServerError(endpoint, text, status=status, retry_after=retry_after)
     return HTTPRequestError(endpoint, text, status=status)
 

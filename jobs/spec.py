@@ -252,7 +252,11 @@ def job_endpoints(top: Mapping, source: str, lines: Lines, endpoints: Registry =
     """The registry a job's endpoint names resolve in: the file its ``endpoints:`` key names, else ``endpoints``."""
     if "endpoints" not in top:
         return endpoints
-    path = Path(_Checker(source, lines).text(top["endpoints"], "endpoints"))
+    checker = _Checker(source, lines)
+    path = Path(checker.text(top["endpoints"], "endpoints"))
+    if not path.is_file():
+        raise checker.error(f"'endpoints' names {path}, which is not a file (the path is read from the current "
+                            "directory)", "endpoints")
     return endpoints.with_file(path)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from batch.serve.settings import FIXED  # options that name the process itself: they cannot change while it runs
+
 ROOT = Path(__file__).resolve().parents[1]
 # Short-lived JVMs on few cores start sooner with the quick compiler alone and a serial collector.
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -133,8 +135,6 @@ def poll(check: Callable[[], bool], seconds: float = 10.0) -> bool:
 
 # ---------------------------------------------------------------- the simulator
 
-# Options that name the process itself: they cannot change while it runs.
-_PROCESS_OPTIONS = ("host", "port")
 
 
 def restore(server, **settings: Any) -> dict:
@@ -145,8 +145,8 @@ def restore(server, **settings: Any) -> dict:
     one test sets (a seed, a limit profile, a token) is still set for the next, and the fault draws start
     again from the seed. Returns the options the server now shows.
     """
-    started = {k: v for k, v in server.options.items() if k not in _PROCESS_OPTIONS}
-    defaults = {k: None for k in server.configure() if k not in _PROCESS_OPTIONS}
+    started = {k: v for k, v in server.options.items() if k not in FIXED}
+    defaults = {k: None for k in server.configure() if k not in FIXED}
     shown = server.configure(**{**defaults, **started, **settings})
     server.reset()
     return shown

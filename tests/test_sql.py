@@ -79,3 +79,14 @@ def test_constants_from_pandas_columns():
     assert first(pd.Series([True])) is True and first(None) is None and first(pd.Series([], dtype=object)) is None
     assert freeze({"b": np.array([1, 2]), "a": {"c": np.float64(0.5)}}) == (("a", (("c", 0.5),)), ("b", (1, 2)))
     assert hash(freeze({"x": [np.int64(1)]}))
+
+
+ESCAPED_LITERALS = [r"'caf\u00e9'", r"'a\rb\tc\nd'", r"'x\\y'", r"'q\'s'", r"'a\%b\_c'", r"'\101\102'",
+                    r"'\Z\b'", r"'plain \q'", "'it''s'", r'"double \" quote"']
+
+
+@pytest.mark.spark
+def test_string_literals_read_as_spark_reads_them(spark):
+    """batch.sql reads constant arguments itself: each escape must give what Spark's parser gives."""
+    row = spark.sql("SELECT " + ", ".join(f"{text} AS c{i}" for i, text in enumerate(ESCAPED_LITERALS))).first()
+    assert [literal(text, "a label") for text in ESCAPED_LITERALS] == list(row)
