@@ -31,10 +31,11 @@ QUOTA_MESSAGE = ("You exceeded your current quota, please check your plan and bi
                  "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
 NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway"
              b"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+# Databricks-shaped faults: the status, whose error_code is in DBX_CODES, and the message
 DBX_FAULTS = {
-    "dbx-limit": (429, "REQUEST_LIMIT_EXCEEDED", "Exceeded workspace rate limit"),
-    "dbx-unavailable": (503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable"),
-    "dbx-bad-request": (400, "BAD_REQUEST", "Simulated bad request"),
+    "dbx-limit": (429, "Exceeded workspace rate limit"),
+    "dbx-unavailable": (503, "The service is temporarily unavailable"),
+    "dbx-bad-request": (400, "Simulated bad request"),
 }
 
 
@@ -89,8 +90,8 @@ async def inject(kind: str, state: State, request: web.Request, databricks: bool
     if kind == "unexpected":
         return reply_json(stats, 200, {"result": "surprise"})
     if kind in DBX_FAULTS:
-        status, code, message = DBX_FAULTS[kind]
-        return reply_json(stats, status, {"error_code": code, "message": message})
+        status, message = DBX_FAULTS[kind]
+        return reply_json(stats, status, {"error_code": DBX_CODES[status], "message": message})
     if kind == "429-bare":
         return reply_error(stats, 429, "simulated fault 429", databricks)
     if kind == "quota":
