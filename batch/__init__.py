@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _HOMES = {
     "ai_query": "._functions",
-    "register": "._sql", "sql": "._sql",
+    "register": "._sql", "sql": "._sql", "local_session": "._session",
     **{name: "._tasks" for name in (
         "ai_analyze_sentiment", "ai_classify", "ai_extract", "ai_fix_grammar", "ai_gen", "ai_mask", "ai_similarity",
         "ai_summarize", "ai_translate")},
@@ -46,6 +46,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._functions import ai_query
+    from ._session import local_session
     from ._sql import register, sql
     from ._tasks import (ai_analyze_sentiment, ai_classify, ai_extract, ai_fix_grammar, ai_gen, ai_mask,
                          ai_similarity, ai_summarize, ai_translate)

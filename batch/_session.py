@@ -20,6 +20,12 @@ __all__ = ["local_session"]
 
 def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
                   app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
+    """A classic Spark session for a laptop: ``master`` (``local[*]``), a Hive warehouse of Parquet tables in
+    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top. Workers run this Python.
+
+    Raises ConfigError in a Spark Connect client (``sc://`` master, ``$SPARK_REMOTE``): use
+    ``SparkSession.builder.remote(...)`` there.
+    """
     if master.startswith("sc://") or "SPARK_CONNECT_MODE_ENABLED" in os.environ or "SPARK_REMOTE" in os.environ:
         # PySpark would hand back a Connect session (or fail on its missing SparkContext) instead.
         raise ConfigError("local_session starts a classic Spark with its own JVM, but this process is a Spark "
