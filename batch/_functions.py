@@ -75,11 +75,11 @@ def ai_query(endpoint: str | EndpointConfig, request: Column | str, returnType: 
         When the column is built, on the driver: ``UnknownEndpointError``, ``InvalidModelParametersError``,
         ``UnsupportedResponseFormatError``, ``InvalidRequestTypeError``, or a returnType that is not DDL.
     EndpointError
-        When the query runs, with ``failOnError=True``: the first row that could not be answered after
-        retries fails its task with its kind (``RateLimitError``, ``QuotaExceededError``, ``ServerError``,
-        ``TransportError``, ``HTTPRequestError``, ``InvalidResponseError``, ``ParseCastError``, or
-        ``EmptyRequestError`` for a blank request). The driver sees Spark's
-        exception; ``batch.failure_class(exc)`` names the kind.
+        When the query runs, with ``failOnError=True``: the first row that could not be answered (after
+        retries, for the kinds that are retried) fails its task with its kind (``RateLimitError``,
+        ``QuotaExceededError``, ``ServerError``, ``TransportError``, ``HTTPRequestError``,
+        ``InvalidResponseError``, ``ParseCastError``, or ``EmptyRequestError`` for a blank request). The
+        driver sees Spark's exception; ``batch.failure_class(exc)`` names the kind.
 
     Examples
     --------

@@ -121,18 +121,26 @@ def calls(text: str, names: set[str]) -> Iterator[tuple[int, int, str, str]]:
 
 # ---------------------------------------------------------------- constant arguments
 
-# Spark's string literal escapes (SparkParserUtils.unescapeSQLString): \uXXXX, three octal digits, one character.
-_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[0-3][0-7]{2}|.)", re.DOTALL)
+# Spark's string literal escapes (SparkParserUtils.unescapeSQLString): \uXXXX (a surrogate pair makes one
+# character), \UXXXXXXXX, three octal digits starting 0 or 1, one character.
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[01][0-7]{2}|.)", re.DOTALL)
 _ESCAPED = {"0": "\0", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "Z": "\x1a", "%": "\\%", "_": "\\_"}
 
 
 def _unescape(match: re.Match[str]) -> str:
     code = match.group(1)
-    if len(code) == 5:
-        return chr(int(code[1:], 16))
+    if code[0] in "uU" and len(code) > 1:
+        point = int(code[1:], 16)
+        return chr(point) if point <= 0x10FFFF else code
     if len(code) == 3:
         return chr(int(code, 8))
     return _ESCAPED.get(code, code)
+
+
+def _unescaped(body: str) -> str:
+    text = _ESCAPE.sub(_unescape, body)
+    # \uD83D\uDE00: two UTF-16 halves, one character, as Java strings hold it
+    return text.encode("utf-16", "surrogatepass").decode("utf-16") if re.search("[\ud800-\udfff]", text) else text
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[dDfFlL]?$")
@@ -148,7 +156,7 @@ def literal(text: str, what: str) -> Any:
     if not t:
         raise ConfigError(f"{what} is empty")
     if t[0] in "'\"" and _skip(t, 0) == len(t):
-        return _ESCAPE.sub(_unescape, t[1:-1].replace(t[0] * 2, t[0]))
+        return _unescaped(t[1:-1].replace(t[0] * 2, t[0]))
     lower = t.lower()
     if lower in ("true", "false"):
         return lower == "true"

@@ -6,10 +6,11 @@ makes a NULL prompt, so the result is NULL and no call is made. The endpoint com
 configuration (``defaults: {chat: ..., embeddings: ...}`` in the registry, or the only
 endpoint of that task) unless ``endpoint=`` names one.
 
-For every function: a ``str`` argument names a column, a Column is used as it is. Building the
+For every function: a text argument given as ``str`` names a column (``ai_translate``'s ``to_lang``
+is the exception: a ``str`` is the language code), a Column is used as it is. Building the
 column raises ConfigError on the driver (``UnknownEndpointError``; an endpoint of another task;
 too few or more than 500 labels, or labels that are not distinct non-empty strings; a
-``max_words`` that is not a whole number >= 0). When the query runs, a row that cannot be answered
+``max_words`` that is not a whole number >= 0; a blank ``to_lang``). When the query runs, a row that cannot be answered
 after retries fails it with its ``EndpointError``, as ``ai_query`` does with ``failOnError => true``.
 
 Classification asks for a JSON schema whose ``enum`` is the labels and keeps the label

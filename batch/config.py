@@ -154,7 +154,7 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _endpoint_from_mapping(name: str, entry: Any, *, source: str = "<code>", lines: Lines | None = None,
-                          prefix: tuple[str, ...] = ()) -> EndpointConfig:
+                           prefix: tuple[str, ...] = ()) -> EndpointConfig:
     """Build an entry from plain data, turning every problem into an error that names file, endpoint, key, line."""
     lines = lines or {}
     where = dict(source=source)

@@ -337,7 +337,6 @@ def _wait(spec: JobSpec, groups: list[_Group], sleep: Callable[[float], None]) -
 
 def _write_group(spark: SparkSession, spec: JobSpec, group: _Group, states: list[dict[str, Any]],
                  run_id: str) -> None:
-
     rows = spark.table(_rows_table(spec, group.group_id))
     carried = any(c.startswith("_ps_") for c in rows.columns)
     key_schema = T.StructType([rows.schema[k] for k in spec.keys])
@@ -363,7 +362,6 @@ def _write_group(spark: SparkSession, spec: JobSpec, group: _Group, states: list
 
 def _settle(spark: SparkSession, spec: JobSpec, groups: list[_Group], result: Any, prices: Any, progress: Any,
             sleep: Callable[[float], None]) -> None:
-
     for group, states in _wait(spec, groups, sleep):
         _write_group(spark, spec, group, states, result.run_id)
         if account_chunk(spark, spec, result, prices, group.chunk, group.rows, progress):

@@ -193,7 +193,7 @@ def _sample(spark: SparkSession, output: OutputSpec, rows: DataFrame, counted: s
 
 def estimate_rows(spark: SparkSession, spec: JobSpec, rows: DataFrame, prices: Mapping[str, Price] | None = None,
                   sample: int = 0) -> Estimate:
-    """The estimate for planned rows (``jobs.runner.plan_rows``): one Spark job counts every output's prompt
+    """The estimate for planned rows (``jobs.plan.plan_rows``): one Spark job counts every output's prompt
     tokens; ``sample`` rows per output are then asked for real."""
     prices = load_prices(spec.prices) if prices is None else prices
     tokenizers = {o.name: tokenizer_for(o.query.endpoint) for o in spec.outputs}

@@ -10,7 +10,7 @@ __all__ = ["summary"]
 
 
 def summary(spec: JobSpec, result: Any, seconds: float) -> str:
-    """``result`` is a ``jobs.runner.JobResult``; ``seconds`` the run's wall time. Returns the text, no newline at
+    """``result`` is a ``jobs.result.RunResult``; ``seconds`` the run's wall time. Returns the text, no newline at
     the end."""
     lines = [f"job {spec.name} run {result.run_id} {result.status} in {seconds:.1f}s"]
     failed_share = f" ({result.rows_failed / result.rows_in:.1%})" if result.rows_in else ""

@@ -19,7 +19,7 @@ __all__ = ["STATUS_FIELDS", "asked_here", "TOKEN_FIELDS", "USAGE_SCHEMA", "ensur
 
 # Per output column `<name>`, the results table has `<name>__status` with these fields: the error, its kind,
 # then the per-row record as ``batch._engine.ROW_RECORD`` defines it.
-# ``fingerprint`` is what was asked (see ``jobs.runner.fingerprint_column``), so a rerun knows what changed.
+# ``fingerprint`` is what was asked (see ``jobs.plan.fingerprint_column``), so a rerun knows what changed.
 # ``asked_in``: the run that asked the output. A run that keeps an earlier answer (resume, incremental) carries
 # its status as it was, so that answer's cost stays with the run that paid for it: see ``asked_here``.
 STATUS_FIELDS = ["error", "error_kind", *ROW_RECORD, "fingerprint", "asked_in"]

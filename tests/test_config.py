@@ -155,6 +155,30 @@ def test_code_added_entries_win(tmp_path):
     assert registry.names() == ["copy", "dbx-embed", "mapped", "my-chat"]
 
 
+def test_a_registry_with_its_own_file_keeps_the_code_entries_and_changes_neither_side(tmp_path):
+    process = Registry(write(tmp_path, "endpoints:\n  base-only:\n    base_url: http://b/v1\n", "base.yaml"))
+    process.add("from-code", base_url="http://c/v1")
+    job = process.with_file(write(tmp_path, TWO_LINE, "job.yaml"))
+    assert job.names() == ["dbx-embed", "from-code", "my-chat"]  # the job's file, and what code added
+    job.add("job-only", base_url="http://j/v1")
+    process.add("later", base_url="http://l/v1")
+    assert "job-only" not in process.names() and "later" not in job.names()
+    with pytest.raises(ConfigError, match="not found"):
+        process.with_file(tmp_path / "missing.yaml")
+
+
+def test_a_job_spec_naming_no_registry_file_says_where(tmp_path):
+    from jobs.spec import parse_spec
+
+    data = {"job": "j", "endpoints": "nope.yaml", "input": {"table": "t", "key": "id"},
+            "outputs": {"a": {"endpoint": "my-chat", "prompt": "{x}"}}, "results": {"table": "r"},
+            "usage": {"table": "u"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_spec(data, "job.yaml", {("endpoints",): 7})
+    assert "'endpoints' names nope.yaml, which is not a file" in str(caught.value)
+    assert "job.yaml:7" in str(caught.value)
+
+
 def test_code_entries_are_validated_too():
     registry = Registry()
     with pytest.raises(ConfigError, match=r"endpoint 'bad': unknown key 'concurrency'"):

@@ -82,7 +82,8 @@ def test_constants_from_pandas_columns():
 
 
 ESCAPED_LITERALS = [r"'caf\u00e9'", r"'a\rb\tc\nd'", r"'x\\y'", r"'q\'s'", r"'a\%b\_c'", r"'\101\102'",
-                    r"'\Z\b'", r"'plain \q'", "'it''s'", r'"double \" quote"']
+                    r"'\Z\b'", r"'plain \q'", "'it''s'", r'"double \" quote"', r"'\200\377'", r"'\U0001F600'",
+                    r"'\uD83D\uDE00'", r"'\u12'", r"'\18\400'"]
 
 
 @pytest.mark.spark
