@@ -86,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _endpoints(args: argparse.Namespace) -> Registry:
     """``--endpoints FILE``: the registry this command resolves names in, beside the entries added in code."""
-    return registry.with_file(args.endpoints) if getattr(args, "endpoints", None) else registry
+    if not getattr(args, "endpoints", None):
+        return registry
+    try:
+        return registry.with_file(args.endpoints)
+    except ConfigError as exc:
+        raise ConfigError(f"--endpoints: {exc}") from None
 
 
 def _load(args: argparse.Namespace) -> JobSpec:

@@ -201,6 +201,13 @@ def test_cli_validate_accepts_the_demo_spec():
     assert main(["validate", str(ROOT / "conf" / "jobs" / "demo.yaml")]) == 0
 
 
+def test_cli_names_the_endpoints_flag_when_its_file_is_missing(tmp_path, capsys):
+    spec = str(ROOT / "conf" / "jobs" / "demo.yaml")
+    assert main(["validate", spec, "--endpoints", str(tmp_path / "missing.yaml")]) == 2
+    assert "--endpoints: file not found" in capsys.readouterr().err
+    assert main(["validate", spec, "--endpoints", str(ROOT / "conf" / "endpoints.yaml")]) == 0
+
+
 # ---------------------------------------------------------------- crash and resume
 
 def _answered_rows(spark, warehouse: Path) -> list:
