@@ -321,6 +321,7 @@ class _PlainPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[tuple[float, _Connection]]] = {}
         self._heads: dict[str, tuple[Any, bytes]] = {}  # url: (the headers object, the request head made of it)
+        self._origins: dict[str, tuple[str, int]] = {}  # url: (host, port), read with its first head
 
     def head(self, url: str, headers: Mapping[str, str]) -> bytes | None:
         """The request line and headers for ``url``, as aiohttp writes them; None when only aiohttp should send
@@ -351,12 +352,14 @@ class _PlainPool:
         head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("utf-8")
         if len(self._heads) > 64:
             self._heads.clear()
+            self._origins.clear()
         self._heads[url] = (headers, head)
+        self._origins[url] = (parsed.raw_host or "", parsed.port or 80)
         return head
 
     async def post(self, url: str, head: bytes, body: bytes, timeout: aiohttp.ClientTimeout) -> tuple[_Answer, bytes]:
-        parsed = yarl.URL(url)
-        origin = (parsed.raw_host or "", parsed.port or 80)
+        """``head`` is what ``head(url, ...)`` gave, so the URL was parsed there, once."""
+        origin = self._origins[url]
         idle = self._idle.get(origin)
         found: _Connection | None = None
         now = asyncio.get_running_loop().time()
