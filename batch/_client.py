@@ -132,7 +132,7 @@ class EndpointClient:
             delay = retry_delay(attempts - 1, self.policy, error.retry_after, self._rand())
             log.debug("retrying %s in %.3fs after attempt %d: %s", self.config.name, delay, attempts, error)
             if limited:  # this request waits what the server asked; the pool waits too only in a storm
-                self.flow.refused_for(delay)
+                self.flow.refused_for(delay, stated=error.retry_after is not None)
             await self._sleep(delay)
 
     async def _attempt(self, body: bytes, expect: _Expect) -> tuple[list[Any] | None, Usage, EndpointError | None]:

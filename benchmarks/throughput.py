@@ -16,9 +16,9 @@ nothing was learned about) and a second run warm (same application, new rows).
   faults       5,000 rows with 20% of requests answered 429 at random, whatever the rate: rate vs a clean run
 
 Only what the endpoint imposes is set (its cap, latency, 429 style, window length). Figures on a
-shared machine are noisy: compare rows of one run, and repeat (``--repeat``) for medians.
+shared machine are noisy: compare rows of one run, and repeat runs for medians.
 
-Usage: python benchmarks/throughput.py [scenario ...] [--quick] [--profiles a,b] [--repeat N]
+Usage: python benchmarks/throughput.py [scenario ...] [--quick] [--profiles a,b] [--trace]
 """
 
 from __future__ import annotations
@@ -116,15 +116,62 @@ PROFILES = {  # name: (server options, how the cap is counted)
 }
 
 
+class Tracer:
+    """Samples the server's counters every ``TRACE_S`` seconds in a thread and prints, when stopped, one line
+    per sample: answered and refused requests per second then, and how many were in flight at the server then."""
+
+    def __init__(self, server: ServerProcess, label: str) -> None:
+        import threading
+        self.server, self.label = server, label
+        self.samples: list[tuple[float, int, int, int]] = []
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        began = time.monotonic()
+        while not self.halt.wait(TRACE_S):
+            stats = self.server.stats()
+            self.samples.append((time.monotonic() - began, stats["requests"], stats["rate_limited"],
+                                 stats["in_flight"]))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.thread.join()
+        print(f"    trace {self.label}: t, answered/s, 429/s, in flight", flush=True)
+        last = (0.0, 0, 0, 0)
+        for t, requests, limited, peak in self.samples:
+            dt = t - last[0]
+            ok = (requests - limited) - (last[1] - last[2])
+            print(f"    {t:6.2f} {ok / dt:7.0f} {(limited - last[2]) / dt:6.0f} {peak:5d}")
+            last = (t, requests, limited, peak)
+
+
+TRACE_S = 0.25
+
+
 class Bench:
-    def __init__(self, quick: bool, profiles: list[str]) -> None:
-        self.quick = quick
+    def __init__(self, quick: bool, profiles: list[str], trace: bool = False) -> None:
+        self.quick, self.trace = quick, trace
         self.profiles = profiles
         self.warehouse = tempfile.mkdtemp(prefix="bench-wh-")
         self.spark = None
         self.figures: list[tuple[str, str, str]] = []
         self.table: list[tuple[str, ...]] = []
         self.fresh()
+        self.jvm_warm_up()
+
+    def jvm_warm_up(self) -> None:
+        """One pandas UDF job that calls no endpoint, so that the JVM's first-job costs (loading and compiling
+        Spark's own classes, paid once per driver process) fall on no profile; every measured cold run still
+        starts in a new application with new Python workers and nothing learned."""
+        from pyspark.sql.functions import pandas_udf
+
+        @pandas_udf("long")
+        def same(ids: pd.Series) -> pd.Series:
+            return ids
+
+        self.spark.range(4, numPartitions=2).select(same("id").alias("a")).agg(F.sum("a")).first()
 
     def fresh(self) -> None:
         """A new Spark application: new Python workers, nothing learned in this process."""
@@ -181,9 +228,12 @@ class Bench:
         """One run: (share of the cap reached, share of requests answered 429, failed rows, rows/s)."""
         server.reset()
         spent = (server.stats()["limit"] or {}).get("tokens_admitted", 0.0)
+        tracer = Tracer(server, f"{name} {prefix}") if self.trace else None
         began = time.monotonic()
         seconds, failed = self.run(self.query(name, self.rows(rows, prefix, varied=unit == "tokens")))
         ended = time.monotonic()
+        if tracer:
+            tracer.stop()
         stats = server.stats()
         if unit == "tokens":
             stats["limit"]["tokens_admitted"] -= spent
@@ -379,12 +429,14 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="*", metavar="scenario", help=", ".join(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="fewer rows, for a fast look")
     parser.add_argument("--profiles", default=",".join(PROFILES), help="429 styles for saturation")
+    parser.add_argument("--trace", action="store_true", help="print the server's answers and 429s per quarter "
+                        "second over each saturation run")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
     profiles = [p for p in args.profiles.split(",") if p]
     if unknown or set(profiles) - set(PROFILES):
         parser.error(f"choose scenarios from {', '.join(SCENARIOS)} and profiles from {', '.join(PROFILES)}")
-    bench = Bench(args.quick, profiles)
+    bench = Bench(args.quick, profiles, args.trace)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2], load {os.getloadavg()[0]:.1f}")
     for name in args.scenarios or SCENARIOS:
         print(f"{name}:", flush=True)

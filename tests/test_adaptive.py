@@ -161,10 +161,51 @@ def test_a_second_job_starts_from_a_recent_rate_and_forgets_an_old_one():
     clock, rate = cut_after(100)
     learned = rate.rate
     clock.now += 30.0
-    assert rate.restart() is False and rate.rate == learned  # 30 s later: kept, to be searched again
+    assert rate.restart() is False and rate.rate == learned  # 30 s later: kept, and checked again...
     clock.now += 200.0
     assert rate.restart() is True and rate.rate is None      # minutes later: learned afresh
     rate.stated(6000)
     deliver(rate, clock, 10, 0.5)
     clock.now += 300.0
     assert rate.restart() is False and rate.rate == 100.0    # a stated limit is kept longer
+
+
+def measured_twice() -> tuple[Clock, AdaptiveRate]:
+    """A learned rate cut twice by 429s while delivering about 100 a second: the cap is known."""
+    clock, rate = cut_after(100)
+    for _ in range(100):
+        clock.now += 1.0 / rate.rate
+        rate.sent()
+        rate.success(probe=False)
+    rate.rate_limited()
+    return clock, rate
+
+
+def test_no_probe_above_the_cap_when_little_work_is_left():
+    clock, rate = measured_twice()
+    for _ in range(300):
+        clock.now += 1.0 / rate.rate
+        rate.sent()
+        rate.success(probe=False)
+    assert rate.rate == pytest.approx(rate.ceiling)  # back at the cap measured, and not above it
+    keep_up(rate, clock, 0.5)
+    assert rate.rate > rate.ceiling  # with work left, it probes again
+
+
+def test_a_kept_rate_is_checked_again_by_small_probes_not_a_search():
+    clock, rate = measured_twice()
+    clock.now += 30.0
+    assert rate.restart() is False
+    steps = keep_up(rate, clock, 0.7)
+    assert rate.ceiling < max(steps) < rate.ceiling * 1.05  # probes of 1%, 2%, ...: not a 10% search
+
+
+@pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [
+    (1000, 100, 0.1, 1.0, False),   # 1 s of work left against a 1 s Retry-After: not worth a 429
+    (100, 100, 0.1, 1.0, False),    # 0.1 s of work left: a 429 now would add most of a second to the run
+    (5000, 100, 0.1, 1.0, True),    # 5 s left: a refused request's wait overlaps the rest of the work
+    (100, 100, 0.1, 0.02, True),    # 0.1 s left but the server asks only 20 ms
+    (0, 0, 0.0, 1.0, True),         # nothing measured yet: nothing to go by
+])
+def test_worth_probing(backlog, in_flight, latency, wait, expected):
+    assert law.worth_probing(backlog, in_flight, latency, wait) is expected

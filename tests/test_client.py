@@ -799,3 +799,23 @@ def test_every_task_over_http(srv, transport):
         assert len(out[api, "embeddings"].results) == 2 and len(out[api, "embeddings"].results[0]) == 16
         assert out[api, "chat"].usage.total_tokens == 2 + 3
     assert out["custom"].results == [4.0, 2.5]
+
+
+def test_a_fixed_window_is_spent_over_the_window_not_in_its_first_moment(srv):
+    # 300 requests a window of one second, refilled at the turn, Retry-After in whole seconds: sending
+    # as fast as the first window allowed would spend every later window at once and then take 429s
+    # until its turn. After two storms the pace is the window's budget over its length.
+    srv.configure(limit_profile="window", rate_limit=300, window_s=1.0, latency_ms=20)
+    client = http_client(srv)
+
+    async def go():
+        try:
+            outcomes = await answer_rows(client, [f"window {i}" for i in range(1500)])
+            return outcomes, client.flow.pace.rate
+        finally:
+            await client.aclose()
+    outcomes, rate = run(go())
+    stats = srv.stats()
+    assert [o.error for o in outcomes if o.error] == []
+    assert rate is not None and 50 <= rate <= 450  # at most about 300 a second, not the thousands of a burst
+    assert stats["rate_limited"] < 0.15 * stats["requests"]

@@ -58,8 +58,11 @@ class FlowControl:
         self.answers = 0              # answers in this busy period
         self.paused_until = 0.0       # a storm's pool-wide pause ends then, or when a probe is answered
         self.paused_at = float("-inf")
+        self.pause_stated = False     # the pause is a wait the server asked for, not a backoff of our own
         self.probe_at = 0.0
         self.probes = 0
+        self.wait = law.DEFAULT_WAIT  # seconds the server last asked a refused request to wait
+        self.sent = 0                 # requests sent and not yet done: the others holding a slot wait their turn
         self.last_done = clock()
         self._turns: deque[asyncio.Future[None]] = deque()
         self._pacer: asyncio.Task[None] | None = None
@@ -78,6 +81,7 @@ class FlowControl:
         except BaseException:
             self.limit.release()
             raise
+        self.sent += 1
         self.pace.sent()
 
     async def _wait_turn(self, estimated_tokens: int) -> None:
@@ -126,6 +130,8 @@ class FlowControl:
     async def _pace_out(self) -> None:
         turns = self._turns
         while turns:
+            if self.pause_stated and self.paused_until > self.clock():
+                await self._wait_pause()  # the server said when: requests that waited their turn wait too
             cuts = self.pace.cuts
             wait = self.pace.reserve()
             if wait > 0:
@@ -150,6 +156,7 @@ class FlowControl:
         """A request ended: ``latency`` when an answer came (a 429 included), None when it failed otherwise."""
         now = self.clock()
         self.last_done = now
+        self.sent -= 1
         if self.tokens and token_error:
             self.tokens.adjust(token_error)
         if latency is None:
@@ -158,10 +165,12 @@ class FlowControl:
         self.answers += 1
         self.refused = law.refused_share(self.refused, rate_limited, self.answers)
         if rate_limited:
-            self.pace.rate_limited()
+            if self.paused_until <= now:  # in a pause nothing is sent: what gets through says nothing of the cap
+                self.pace.rate_limited()
             self.limit.release()
             return
-        self.pace.success()
+        limit, sent = self.limit, self.sent + 1  # this request counts until its slot is released below
+        self.pace.success(law.worth_probing(limit.waiting + limit.in_flight - sent, sent, limit.latency, self.wait))
         if self.paused_until > now and now - latency > self.paused_at:  # a probe got through: the pause ends
             self.paused_until = now
         self.limit.release(latency)
@@ -169,16 +178,20 @@ class FlowControl:
         if rate:
             self.limit.at_least(law.in_flight_for(rate, self.limit.latency))
 
-    def refused_for(self, seconds: float) -> bool:
-        """The server asked a refused request to wait ``seconds``. In a storm the whole pool waits too (with
-        probes); otherwise only that request does. True when a pool-wide pause holds now."""
+    def refused_for(self, seconds: float, stated: bool = True) -> bool:
+        """A refused request waits ``seconds``: what the server asked (``stated``), or a backoff of our own.
+        In a storm the whole pool waits too (with probes); otherwise only that request does. A stated wait
+        also holds the requests already in line at the pacer; a backoff of our own is a guess, and holds
+        only those still to come. True when a pool-wide pause holds now."""
         now = self.clock()
+        self.wait = seconds
         if self.paused_until > now:
             self.paused_until = max(self.paused_until, now + seconds)
             return True
         if not law.is_storm(self.refused):
             return False
-        self.paused_until, self.paused_at = now + seconds, now
+        self.paused_until, self.paused_at, self.pause_stated = now + seconds, now, stated
+        self.pace.storm()
         self.probes = 0
         self.probe_at = now + law.probe_gap(0)
         return True

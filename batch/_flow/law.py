@@ -13,6 +13,15 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
 * **Little's law** (L = lambda W): to send ``rate`` requests a second that each take ``latency``
   seconds, about ``rate * latency`` must be in flight; the in-flight limit is raised to that at once
   instead of being found one step per round trip.
+* **No probing at the end of the work**: a probe finds a few percent more rate at the price of a 429,
+  whose request then waits what the server asked. While much work is left that wait overlaps the
+  rest; in the last seconds it lengthens the whole run, so once the work left would take less than
+  ``PROBE_HORIZON`` server waits the rate stays at the cap measured last.
+* **A budget spent in bursts is spread over its window**: a fixed window (a per-minute limit refilled
+  at the minute's turn) answers nothing for long, then everything, then refuses everything once it
+  is spent. A storm that comes while the rate delivered is well above the average since the last
+  storm (``BURSTY``) says so; that average is the budget per window over the window's length, and
+  the rate is held there for one such cycle before probing again.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
   the rate is cut; the pool does not stop. Only a storm (most recent answers refused: a spent
   window, a full concurrency cap) pauses the pool, and then single probe requests go out at
@@ -25,8 +34,10 @@ import math
 
 __all__ = [
     "CUT", "KEEP_OF_PEAK", "FLOOR", "RECOVER", "MIN_RECOVER", "SEARCH_UNMEASURED", "SEARCH_RAMPING", "PROBE",
-    "MAX_STREAK", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE", "FIRST_PROBE_GAP", "MAX_PROBE_GAP",
-    "raised", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm", "probe_gap",
+    "MAX_STREAK", "PROBE_HORIZON", "DEFAULT_WAIT", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE", "FIRST_PROBE_GAP",
+    "MAX_PROBE_GAP",
+    "raised", "worth_probing", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm",
+    "probe_gap", "BURSTY", "spread_rate",
 ]
 
 #: The rate after a 429, as a share of the rate delivered when it came: just under the measured cap.
@@ -48,6 +59,10 @@ SEARCH_RAMPING = 1.1
 PROBE = 0.01
 #: Probing steps stop growing after this many (a 10% step at most).
 MAX_STREAK = 10
+#: Probing stops once the work left would take less than this many of the server's last asked waits.
+PROBE_HORIZON = 2.0
+#: Seconds a refused request is taken to wait before the server has said (a whole-second Retry-After).
+DEFAULT_WAIT = 1.0
 #: In-flight requests allowed per request a second a latency needs: twice Little's law, so latency
 #: spikes and the jitter of the pacer do not starve the rate.
 HEADROOM = 2.0
@@ -58,16 +73,20 @@ STORM_WEIGHT = 0.2
 STORM_SHARE = 0.6
 #: Seconds before the first probe request of a pool-wide pause; each later gap doubles...
 FIRST_PROBE_GAP = 0.05
-#: ...up to this many seconds.
-MAX_PROBE_GAP = 2.0
+#: ...up to this many seconds: the most of a refilled budget (a window's turn) left unused.
+MAX_PROBE_GAP = 0.25
 
 
-def raised(rate: float, ceiling: float, measured: int, streak: int, stated: float = 0.0) -> tuple[float, int]:
+def raised(rate: float, ceiling: float, measured: int, streak: int, stated: float = 0.0,
+           probe: bool = True) -> tuple[float, int]:
     """One step up after an interval with no 429 in which the rate was used: ``(new rate, new streak)``.
 
     ``ceiling`` is the delivered rate when the last 429 came, ``measured`` how many 429s measured it,
-    ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none).
+    ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none),
+    ``probe`` False near the end of the work (``worth_probing``): no step above a measured ceiling.
     """
+    if not probe and measured and rate >= ceiling:  # and a later probe starts again from the first step
+        return (min(rate, stated) if stated else rate), 0
     if rate < ceiling:
         new = min(ceiling, rate + max((ceiling - rate) * RECOVER, rate * MIN_RECOVER))
     elif measured < 2:
@@ -76,6 +95,15 @@ def raised(rate: float, ceiling: float, measured: int, streak: int, stated: floa
         streak = min(streak + 1, MAX_STREAK)
         new = rate * (1.0 + PROBE * streak)
     return (min(new, stated) if stated else new), streak
+
+
+def worth_probing(backlog: int, in_flight: int, latency: float, wait: float) -> bool:
+    """Whether the work left is long enough to pay for a probe: ``backlog`` requests not yet sent, going
+    out as fast as the ``in_flight`` ones of ``latency`` seconds come back (Little's law), against the
+    seconds ``wait`` a refused request waits."""
+    if not latency or not in_flight:
+        return True
+    return backlog * latency / in_flight > PROBE_HORIZON * wait
 
 
 def cut(rate: float, delivered: float, peak: float) -> float:
@@ -121,6 +149,20 @@ def refused_share(share: float, refused: bool, answers: int) -> float:
 def is_storm(share: float) -> bool:
     """Most recent answers were refused: the limit is spent for now, not slightly exceeded."""
     return share >= STORM_SHARE
+
+
+#: A storm while the delivered rate is above this many times the average since the last storm means a
+#: budget spent in bursts (a fixed window), not a rate slightly exceeded.
+BURSTY = 1.2
+
+
+def spread_rate(successes: float, seconds: float, delivered: float) -> float | None:
+    """The rate after a storm: ``successes`` answered in the ``seconds`` since the last storm began, when
+    the ``delivered`` rate as this one came was well above their average (None: leave it to ``cut``)."""
+    if seconds <= 0 or successes <= 0:
+        return None
+    average = successes / seconds
+    return max(FLOOR, average) if delivered > BURSTY * average else None
 
 
 def probe_gap(probes_sent: int) -> float:

@@ -29,7 +29,7 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 4.0
+LAYOUT = 5.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
@@ -39,11 +39,14 @@ FLUSH = 0.005
 LEARNED_TTL = 60.0
 #: A rate the endpoint stated in its headers is kept this long after a quiet spell.
 STATED_TTL = 600.0
+#: Seconds within which storms seen by several workers are one storm.
+STORM_GAP = 1.0
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
- FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED) = range(19)
-DONE_RING = 19
+ FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DONE,
+ HOLD_UNTIL) = range(23)
+DONE_RING = 23
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -76,7 +79,7 @@ class LearnedRate:
     def _reset(self) -> None:
         v = self.v
         self.slab.clear()
-        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT):
+        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -127,8 +130,9 @@ class LearnedRate:
         """A new busy period after a quiet spell (a second job): keep the rate where that is safe.
 
         A rate the endpoint stated is kept for ``STATED_TTL`` after the host's last request, one learned
-        from 429s for ``LEARNED_TTL``, and then marked as measured once only, so it is checked again
-        (searched upwards) rather than trusted; older, the endpoint is learned afresh. True when forgotten.
+        from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate is checked again
+        by probing, from the first small step: a search (``law.SEARCH_RAMPING``) from a rate that was the
+        cap a moment ago would only overrun it. True when forgotten.
         """
         v = self.v
         now = self.clock()
@@ -137,8 +141,7 @@ class LearnedRate:
             self._flush(now)
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
-                if not v[STATED]:
-                    v[MEASURED] = min(v[MEASURED], 1.0)
+                v[STREAK], v[STORM_AT], v[HOLD_UNTIL] = 0.0, NEVER, 0.0  # the last storm was another job's
                 return False
             self._reset()
             return True
@@ -175,7 +178,9 @@ class LearnedRate:
         finally:
             self.slab.unlock()
 
-    def success(self) -> None:
+    def success(self, probe: bool = True) -> None:
+        """An answer came; ``probe`` False when too little work is left to probe above the cap
+        (``law.worth_probing``)."""
         v = self.v
         now = self.clock()
         self._done += 1
@@ -194,7 +199,8 @@ class LearnedRate:
             v[CHECKED], v[SENT_SINCE] = now, 0.0
             if not used:
                 return
-            rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED])
+            rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
+                                      probe and now >= v[HOLD_UNTIL])
             v[STREAK] = streak
             self._set(rate, now)
         finally:
@@ -237,6 +243,30 @@ class LearnedRate:
         finally:
             self.slab.unlock()
 
+    def storm(self) -> None:
+        """A storm began: most answers are 429s. When the budget was spent in a burst (``law.spread_rate``),
+        pace at the average since the last storm and hold there for as long as that cycle took."""
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            since = now - v[STORM_AT]
+            if since < STORM_GAP:
+                return  # the same storm, seen by another worker
+            spread = (law.spread_rate(v[DONE_TOTAL] - v[STORM_DONE], since, self._rate_of(DONE_RING, FIRST_DONE, now))
+                      if v[STORM_AT] != NEVER else None)
+            v[STORM_AT], v[STORM_DONE] = now, v[DONE_TOTAL]
+            if spread is None or (v[RATE] and spread >= v[RATE]):
+                return
+            self._set(spread, now)
+            v[CEILING], v[MEASURED], v[STREAK], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), 0.0, now + since
+            v[LAST_CUT], v[CHECKED], v[SENT_SINCE] = now, now, 0.0
+            v[CUTS] += 1
+            v[NEXT] = after(now, spread, v[BURST])
+        finally:
+            self.slab.unlock()
+
     def close(self) -> None:
         self.slab.close()
 
@@ -253,6 +283,7 @@ class LearnedRate:
             self._sent = 0
         if self._done:
             self._count(DONE_RING, FIRST_DONE, LAST_DONE, now, self._done)
+            v[DONE_TOTAL] += self._done
             self._done = 0
         self._flushed = now
 
