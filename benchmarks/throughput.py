@@ -140,11 +140,11 @@ class Tracer:
         self.thread.join()
         print(f"    trace {self.label}: t, answered/s, 429/s, in flight", flush=True)
         last = (0.0, 0, 0, 0)
-        for t, requests, limited, peak in self.samples:
+        for t, requests, limited, in_flight in self.samples:
             dt = t - last[0]
             ok = (requests - limited) - (last[1] - last[2])
-            print(f"    {t:6.2f} {ok / dt:7.0f} {(limited - last[2]) / dt:6.0f} {peak:5d}")
-            last = (t, requests, limited, peak)
+            print(f"    {t:6.2f} {ok / dt:7.0f} {(limited - last[2]) / dt:6.0f} {in_flight:5d}")
+            last = (t, requests, limited, in_flight)
 
 
 TRACE_S = 0.25
@@ -230,10 +230,12 @@ class Bench:
         spent = (server.stats()["limit"] or {}).get("tokens_admitted", 0.0)
         tracer = Tracer(server, f"{name} {prefix}") if self.trace else None
         began = time.monotonic()
-        seconds, failed = self.run(self.query(name, self.rows(rows, prefix, varied=unit == "tokens")))
+        try:
+            seconds, failed = self.run(self.query(name, self.rows(rows, prefix, varied=unit == "tokens")))
+        finally:
+            if tracer:
+                tracer.stop()
         ended = time.monotonic()
-        if tracer:
-            tracer.stop()
         stats = server.stats()
         if unit == "tokens":
             stats["limit"]["tokens_admitted"] -= spent

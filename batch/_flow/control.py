@@ -149,6 +149,7 @@ class FlowControl:
         in-flight limit, reached by answers that came back, is kept."""
         self.pace.restart()
         self.refused, self.answers = 0.0, 0
+        self.wait = law.DEFAULT_WAIT
 
     # ------------------------------------------------------------ after a request
 
@@ -165,8 +166,8 @@ class FlowControl:
         self.answers += 1
         self.refused = law.refused_share(self.refused, rate_limited, self.answers)
         if rate_limited:
-            if self.paused_until <= now:  # in a pause nothing is sent: what gets through says nothing of the cap
-                self.pace.rate_limited()
+            if self.paused_until <= now or not self.pause_stated:
+                self.pace.rate_limited()  # in a stated pause only probes go: what gets through says nothing
             self.limit.release()
             return
         limit, sent = self.limit, self.sent + 1  # this request counts until its slot is released below
@@ -184,9 +185,11 @@ class FlowControl:
         also holds the requests already in line at the pacer; a backoff of our own is a guess, and holds
         only those still to come. True when a pool-wide pause holds now."""
         now = self.clock()
-        self.wait = seconds
+        if stated:  # our own backoff grows with each retry of one request: it says nothing of the work left
+            self.wait = seconds
         if self.paused_until > now:
             self.paused_until = max(self.paused_until, now + seconds)
+            self.pause_stated = self.pause_stated or stated
             return True
         if not law.is_storm(self.refused):
             return False

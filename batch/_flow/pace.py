@@ -141,7 +141,8 @@ class LearnedRate:
             self._flush(now)
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
-                v[STREAK], v[STORM_AT], v[HOLD_UNTIL] = 0.0, NEVER, 0.0  # the last storm was another job's
+                if quiet > self.window:  # the host was quiet too: the last storm was another job's
+                    v[STREAK], v[STORM_AT], v[HOLD_UNTIL] = 0.0, NEVER, 0.0
                 return False
             self._reset()
             return True
