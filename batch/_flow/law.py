@@ -16,7 +16,7 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
 * **No probing at the end of the work**: a probe finds a few percent more rate at the price of a 429,
   whose request then waits what the server asked. While much work is left that wait overlaps the
   rest; in the last seconds it lengthens the whole run, so once the work left would take less than
-  ``PROBE_HORIZON`` server waits the rate stays at the cap measured last.
+  ``PROBE_HORIZON`` server waits the rate is not raised above the cap measured last.
 * **A budget spent in bursts is spread over its window**: a fixed window (a per-minute limit refilled
   at the minute's turn) answers nothing for long, then everything, then refuses everything once it
   is spent. A storm that comes while the rate delivered is well above the average since the last
@@ -86,8 +86,8 @@ def raised(rate: float, ceiling: float, measured: int, streak: int, stated: floa
     ``probe`` False near the end of the work (``worth_probing``): no step above a measured ceiling.
     """
     if not probe and measured and rate >= ceiling:  # and a later probe starts again from the first step
-        return (min(rate, stated) if stated else rate), 0
-    if rate < ceiling:
+        new, streak = rate, 0
+    elif rate < ceiling:
         new = min(ceiling, rate + max((ceiling - rate) * RECOVER, rate * MIN_RECOVER))
     elif measured < 2:
         new = rate * (SEARCH_RAMPING if measured else SEARCH_UNMEASURED)

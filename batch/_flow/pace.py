@@ -130,9 +130,10 @@ class LearnedRate:
         """A new busy period after a quiet spell (a second job): keep the rate where that is safe.
 
         A rate the endpoint stated is kept for ``STATED_TTL`` after the host's last request, one learned
-        from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate is checked again
-        by probing, from the first small step: a search (``law.SEARCH_RAMPING``) from a rate that was the
-        cap a moment ago would only overrun it. True when forgotten.
+        from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate keeps how often
+        it was measured, so one measured twice is checked again by probing from the first small step: a
+        search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it.
+        True when forgotten.
         """
         v = self.v
         now = self.clock()
@@ -227,20 +228,16 @@ class LearnedRate:
                 delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
                 v[CEILING] = delivered
                 v[MEASURED] += 1
-                self._set(law.cut(rate, delivered, self._peak(delivered, now)), now)
+                new = law.cut(rate, delivered, self._peak(delivered, now))
             else:
                 opening = now - v[FIRST_SENT] < self.window
                 volley = (self._rate_of(SENT_RING, FIRST_SENT, now)
                           if self._recent(SENT_RING, now) >= MIN_SAMPLES else 0.0)
-                new = law.unmeasured_cut(rate, volley, opening, bool(v[MEASURED]))
-                if new is None:
+                unmeasured = law.unmeasured_cut(rate, volley, opening, bool(v[MEASURED]))
+                if unmeasured is None:
                     return
-                self._set(new, now)
-            v[CUTS] += 1
-            v[CHECKED], v[SENT_SINCE] = now, 0.0  # whether the new pace is used is measured from here
-            # Bookings made at the old pace are void: waiters book again, from now and with no burst,
-            # since the 429 says the server has none left.
-            v[NEXT] = after(now, v[RATE], v[BURST])
+                new = unmeasured
+            self._lowered(new, now)
         finally:
             self.slab.unlock()
 
@@ -260,11 +257,8 @@ class LearnedRate:
             v[STORM_AT], v[STORM_DONE] = now, v[DONE_TOTAL]
             if spread is None or (v[RATE] and spread >= v[RATE]):
                 return
-            self._set(spread, now)
-            v[CEILING], v[MEASURED], v[STREAK], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), 0.0, now + since
-            v[LAST_CUT], v[CHECKED], v[SENT_SINCE] = now, now, 0.0
-            v[CUTS] += 1
-            v[NEXT] = after(now, spread, v[BURST])
+            v[CEILING], v[MEASURED], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), now + since
+            self._lowered(spread, now)
         finally:
             self.slab.unlock()
 
@@ -328,6 +322,17 @@ class LearnedRate:
             v[BEST], v[BEST_AT] = delivered, now
             return delivered
         return faded
+
+    def _lowered(self, rate: float, now: float) -> None:
+        """The pace was lowered to ``rate`` by what the server refused: a cut, or a spent budget spread."""
+        v = self.v
+        self._set(rate, now)
+        v[LAST_CUT], v[STREAK] = now, 0.0
+        v[CUTS] += 1
+        v[CHECKED], v[SENT_SINCE] = now, 0.0  # whether the new pace is used is measured from here
+        # Bookings made at the old pace are void: waiters book again, from now and with no burst,
+        # since the 429 says the server has none left.
+        v[NEXT] = after(now, rate, v[BURST])
 
     def _set(self, rate: float, now: float) -> None:
         self.v[LAST_CHANGE], self.v[RATE], self.v[BURST] = now, rate, max(1.0, rate * 0.02)
