@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +46,9 @@ log = logging.getLogger("batch._memo")
 
 FILE_NAME = "memo.sqlite3"
 PRUNE_EVERY = 512  # stores between two prunes in one process
+#: Seconds a read or write waits for another process holding the database (its prune) before giving up:
+#: the memo's own thread waits, not the requests.
+BUSY_TIMEOUT = 2.0
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
@@ -147,8 +151,10 @@ _LOOKUP_CHUNK = 500
 class HostMemo:
     """One process's handle on the host's memo; a closed (failed) handle answers nothing and stores nothing.
 
-    Used from the worker's event loop thread and from Python's main thread, so each thread has its own
-    connection (SQLite connections are not to be shared between threads) and a fork gets new ones.
+    Every read and write of the database runs on one thread of the process (the memo's thread), in the
+    order asked, with one connection: a prune, or a store waiting for another worker's prune behind
+    SQLite's lock, takes a fraction of a second that would otherwise stop every request of the worker's
+    event loop (and, by the learned rate they share, every worker's). A fork gets a new thread.
     """
 
     def __init__(self, settings: MemoSettings, clock: Callable[[], float] = time.time) -> None:
@@ -156,16 +162,28 @@ class HostMemo:
         self.path: Path | None = None
         self._local = threading.local()
         self._stores = 0
-        self._pending: list[tuple[bytes, Any]] = []  # answers of this turn of the event loop, not yet stored
+        self._pending: list[tuple[bytes, Any]] = []  # answers of this turn of the event loop, not yet handed over
+        # Every read and write goes through one thread, in order: a write waiting for another process's
+        # prune (SQLite's lock) never holds up the event loop's requests, and a lookup sees every store
+        # handed over before it.
+        self._thread: ThreadPoolExecutor | None = None
+        self._thread_pid = 0
         self.broken = not settings.enabled
         if not self.broken:
             try:
                 folder = private_dir(settings.folder)
                 self.path = folder / FILE_NAME
-                self._connection()
-                self.prune()
-            except (OSError, sqlite3.Error) as exc:
+            except OSError as exc:
                 self._give_up(exc)
+                return
+            self._submit(self._open).result()
+
+    def _open(self) -> None:
+        try:
+            self._connection()
+            self._prune()
+        except (OSError, sqlite3.Error) as exc:
+            self._give_up(exc)
 
     @property
     def usable(self) -> bool:
@@ -181,7 +199,7 @@ class HostMemo:
         if getattr(local, "pid", None) != os.getpid():
             if self.path is None:
                 raise sqlite3.OperationalError("the memo has no folder")
-            connection = sqlite3.connect(self.path, timeout=0.2, isolation_level=None, check_same_thread=True)
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=True)
             os.chmod(self.path, 0o600)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=OFF")  # a memo lost with the machine is only asked again
@@ -200,9 +218,38 @@ class HostMemo:
         return local.connection
 
     def lookup(self, keys: Sequence[bytes]) -> dict[bytes, Any]:
-        """The answers stored for ``keys`` and young enough; a key without one is simply absent."""
+        """The answers stored for ``keys`` and young enough; a key without one is simply absent. Waits for
+        the memo's thread: from an event loop, await ``lookup_soon`` instead."""
+        return self.lookup_soon(keys).result()
+
+    def lookup_soon(self, keys: Sequence[bytes]) -> Future[dict[bytes, Any]]:
+        """``lookup`` on the memo's thread, after every store handed over before it."""
+        return self._submit(self._lookup, keys, default={})
+
+    def _submit(self, work: Callable[..., Any], *args: Any, default: Any = None) -> Future[Any]:
+        """``work(*args)`` on the memo's thread; ``default`` at once when the memo is off or closed."""
         if self._pending:
             self._flush()
+        thread = self._memo_thread()
+        if thread is not None:
+            try:
+                return thread.submit(work, *args)
+            except RuntimeError:  # closed: nothing more is read or kept
+                pass
+        done: Future[Any] = Future()
+        done.set_result(default)
+        return done
+
+    def _memo_thread(self) -> ThreadPoolExecutor | None:
+        """The memo's thread in this process: a fork has none of its parent's threads."""
+        if self.broken or self.path is None:
+            return None
+        if self._thread is None or self._thread_pid != os.getpid():
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="batch-memo")
+            self._thread_pid = os.getpid()
+        return self._thread
+
+    def _lookup(self, keys: Sequence[bytes]) -> dict[bytes, Any]:
         if self.broken or not keys:
             return {}
         found: dict[bytes, Any] = {}
@@ -221,6 +268,10 @@ class HostMemo:
         return found
 
     def store(self, entries: Sequence[tuple[bytes, Any]]) -> None:
+        """Keep ``entries`` (key, answer) and wait until they are kept (or turned away)."""
+        self._submit(self._store, list(entries)).result()
+
+    def _store(self, entries: Sequence[tuple[bytes, Any]]) -> None:
         if self.broken or not entries:
             return
         now = self.clock()
@@ -239,35 +290,37 @@ class HostMemo:
             self._stores += len(rows)
             if self._stores >= PRUNE_EVERY:
                 self._stores = 0
-                self.prune()
+                self._prune()
         except sqlite3.OperationalError as exc:  # busy past the timeout: this answer is not kept, that is all
             log.debug("answer not memoised: %s", exc)
         except (sqlite3.Error, OSError) as exc:
             self._give_up(exc)
 
     def store_soon(self, entries: Sequence[tuple[bytes, Any]]) -> None:
-        """``store`` at the end of this turn of the running event loop, in one transaction with every other
-        answer that arrived in the same turn: a transaction costs more than the rows in it."""
+        """``store`` without waiting: handed to the memo's thread at the end of this turn of the running event
+        loop, in one transaction with every other answer that arrived in the same turn (a transaction costs
+        more than the rows in it)."""
         if not entries:
             return
         if not self._pending:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop: at once
-                self.store(entries)
+                self._submit(self._store, list(entries))
                 return
             loop.call_soon(self._flush)
         self._pending.extend(entries)
 
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
-        try:
-            self.store(entries)
-        except Exception as exc:  # noqa: BLE001 - the memo never costs an answer
-            log.debug("answers not memoised: %s", exc)
+        if entries:
+            self._submit(self._store, entries)
 
     def prune(self) -> None:
         """Forget what is too old, then the oldest until both bounds hold with a tenth to spare."""
+        self._submit(self._prune).result()
+
+    def _prune(self) -> None:
         if self.broken:
             return
         s = self.settings
@@ -296,8 +349,13 @@ class HostMemo:
             self._give_up(exc)
 
     def close(self) -> None:
-        if self._pending:
-            self._flush()
+        """Keep what was handed over, then let go of the database and the memo's thread."""
+        self._submit(self._disconnect).result()
+        if self._thread is not None and self._thread_pid == os.getpid():
+            self._thread.shutdown()
+        self._thread = None
+
+    def _disconnect(self) -> None:
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == os.getpid():
             connection.close()
@@ -396,7 +454,7 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
         log.debug("batch not memoised: %s", exc)
         return await answer_rows(client, values, params=params, response_format=response_format, convert=convert,
                                  memo=memo)
-    found = host.lookup(list({k for k in keys if k is not None}))
+    found = await asyncio.wrap_future(host.lookup_soon(list({k for k in keys if k is not None})))
     asked = values if not found else [None if k in found else v for v, k in zip(values, keys)]
     outcomes = await answer_rows(remembering, asked, params=params, response_format=response_format,
                                  convert=convert, memo=memo)

@@ -117,6 +117,29 @@ def _bytes(folder: Path) -> int:
         return connection.execute("SELECT TOTAL(size) FROM memo").fetchone()[0]
 
 
+def test_answers_arriving_while_another_worker_holds_the_memo_are_kept(folder):
+    """Another worker's prune holds SQLite's write lock: the event loop goes on, and the answers that arrived
+    meanwhile are kept once the lock is let go, not dropped after a wait on the loop."""
+    import sqlite3
+    memo = HostMemo(MemoSettings(folder=str(folder)))
+    other = sqlite3.connect(folder / FILE_NAME, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def answers_arrive() -> int:
+        memo.store_soon([(b"k" * 32, "kept")])
+        turns = 0
+        for _ in range(3):
+            await asyncio.sleep(0)
+            turns += 1
+        other.execute("COMMIT")
+        return turns
+
+    assert asyncio.run(answers_arrive()) == 3
+    assert memo.lookup([b"k" * 32]) == {b"k" * 32: "kept"}
+    other.close()
+    memo.close()
+
+
 def test_a_folder_others_can_read_turns_the_memo_off(tmp_path):
     open_folder = tmp_path / "shared"
     open_folder.mkdir()
