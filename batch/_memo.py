@@ -176,7 +176,7 @@ class HostMemo:
             except OSError as exc:
                 self._give_up(exc)
                 return
-            self._submit(self._open).result()
+            self._submit(self._open)  # lookups and stores wait for it on the memo's thread, nobody else
 
     def _open(self) -> None:
         try:

@@ -187,7 +187,7 @@ def test_no_probe_above_the_cap_when_little_work_is_left():
         clock.now += 1.0 / rate.rate
         rate.sent()
         rate.success(probe=False)
-    assert rate.rate == pytest.approx(rate.ceiling)  # back at the cap measured, and not above it
+    assert rate.rate == pytest.approx(rate.ceiling * law.CLOSING)  # just under the cap measured, not above it
     keep_up(rate, clock, 0.5)
     assert rate.rate > rate.ceiling  # with work left, it probes again
 
@@ -197,7 +197,8 @@ def test_a_kept_rate_is_checked_again_by_small_probes_not_a_search():
     clock.now += 30.0
     assert rate.restart() is False
     steps = keep_up(rate, clock, 0.7)
-    assert rate.ceiling < max(steps) < rate.ceiling * 1.05  # probes of 1%, 2%, ...: not a 10% search
+    above = [step for step in steps if step > rate.ceiling]
+    assert above and above[0] <= rate.ceiling * 1.011  # a first probe of 1%, then 2%, ...: not a 10% search
 
 
 @pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [

@@ -16,7 +16,7 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
 * **No probing at the end of the work**: a probe finds a few percent more rate at the price of a 429,
   whose request then waits what the server asked. While much work is left that wait overlaps the
   rest; in the last seconds it lengthens the whole run, so once the work left would take less than
-  ``PROBE_HORIZON`` server waits the rate is not raised above the cap measured last.
+  ``PROBE_HORIZON`` server waits the rate is brought just under the cap measured last (``CLOSING``).
 * **A budget spent in bursts is spread over its window**: a fixed window (a per-minute limit refilled
   at the minute's turn) answers nothing for long, then everything, then refuses everything once it
   is spent. A storm that comes while the rate delivered is well above the average since the last
@@ -34,8 +34,8 @@ import math
 
 __all__ = [
     "CUT", "KEEP_OF_PEAK", "FLOOR", "RECOVER", "MIN_RECOVER", "SEARCH_UNMEASURED", "SEARCH_RAMPING", "PROBE",
-    "MAX_STREAK", "PROBE_HORIZON", "DEFAULT_WAIT", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE", "FIRST_PROBE_GAP",
-    "MAX_PROBE_GAP",
+    "MAX_STREAK", "PROBE_HORIZON", "CLOSING", "DEFAULT_WAIT", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE",
+    "FIRST_PROBE_GAP", "MAX_PROBE_GAP",
     "raised", "worth_probing", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm",
     "probe_gap", "BURSTY", "spread_rate",
 ]
@@ -61,6 +61,10 @@ PROBE = 0.01
 MAX_STREAK = 10
 #: Probing stops once the work left would take less than this many of the server's last asked waits.
 PROBE_HORIZON = 2.0
+#: ...and the rate is brought to this share of the cap measured last: a probe made before then may still be
+#: draining the server's burst, and a 429 in the last seconds makes its request, and so the work, end a
+#: server's wait later (a second, for whole-second Retry-After) for a few percent of rate.
+CLOSING = 0.97
 #: Seconds a refused request is taken to wait before the server has said (a whole-second Retry-After).
 DEFAULT_WAIT = 1.0
 #: In-flight requests allowed per request a second a latency needs: twice Little's law, so latency
@@ -83,11 +87,14 @@ def raised(rate: float, ceiling: float, measured: int, streak: int, stated: floa
 
     ``ceiling`` is the delivered rate when the last 429 came, ``measured`` how many 429s measured it,
     ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none),
-    ``probe`` False near the end of the work (``worth_probing``): no step above a measured ceiling.
+    ``probe`` False near the end of the work (``worth_probing``): no step above ``CLOSING`` of a measured
+    ceiling, and a rate above that is brought down to it.
     """
-    if not probe and measured and rate >= ceiling:  # and a later probe starts again from the first step
-        new, streak = rate, 0
-    elif rate < ceiling:
+    if not probe and measured:  # the last seconds: aim under the cap, and a later probe starts from 1%
+        ceiling, streak = ceiling * CLOSING, 0
+        if rate >= ceiling:
+            return (min(ceiling, stated) if stated else ceiling), streak
+    if rate < ceiling:
         new = min(ceiling, rate + max((ceiling - rate) * RECOVER, rate * MIN_RECOVER))
     elif measured < 2:
         new = rate * (SEARCH_RAMPING if measured else SEARCH_UNMEASURED)
