@@ -81,6 +81,17 @@ def test_storms(answers, storm_after):
     assert seen == storm_after
 
 
+@pytest.mark.parametrize("successes,seconds,delivered,expected", [
+    (5000.0, 5.0, 4000.0, 980.0),  # a window's budget spent at four times its rate: spread, just under it
+    (5000.0, 5.0, 1100.0, None),   # delivered about the budget rate: a rate slightly over, not a burst
+    (300.0, 0.5, 3000.0, None),    # turns closer than a second: a bucket's storms, not a window's
+    (0.0, 5.0, 4000.0, None),      # nothing got through: nothing to spread
+    (1.0, 60.0, 100.0, law.FLOOR), # never below the floor
+])
+def test_spread_rate(successes, seconds, delivered, expected):
+    assert law.spread_rate(successes, seconds, delivered) == (pytest.approx(expected) if expected else None)
+
+
 def test_probe_gaps_double_up_to_a_bound():
     assert [law.probe_gap(n) for n in range(5)] == [0.05, 0.1, 0.2, 0.25, 0.25]
 

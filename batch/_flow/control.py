@@ -59,6 +59,8 @@ class FlowControl:
         self.paused_until = 0.0       # a storm's pool-wide pause ends then, or when a probe is answered
         self.paused_at = float("-inf")
         self.pause_stated = False     # the pause is a wait the server asked for, not a backoff of our own
+        self.resuming = False         # a storm began and nothing sent since has been answered yet
+        self.refused_sent = float("-inf")  # when the last request refused since then was sent
         self.probe_at = 0.0
         self.probes = 0
         self.wait = law.DEFAULT_WAIT  # seconds the server last asked a refused request to wait
@@ -94,24 +96,25 @@ class FlowControl:
                 booked = max(booked, now + self.tokens.reserve(estimated_tokens))
             if booked > now:
                 await self.sleep(booked - now)
-        if self.paused_until:
-            await self._wait_pause()
+        if self.paused_until and await self._wait_pause():
+            return  # a probe goes at once: the line at the pacer waits for the end of the pause it is sent to find
         if self.pace.rate or self._turns:
             await self._paced_turn()
 
-    async def _wait_pause(self) -> None:
-        """Hold while a storm's pause lasts; the first request to find a probe due goes as that probe."""
+    async def _wait_pause(self, probe: bool = True) -> bool:
+        """Hold while a storm's pause lasts. With ``probe``, the first request to find a probe due goes as that
+        probe (True); without, this waits for the pause to end, by its time or by a probe's answer."""
         while True:
             now = self.clock()
             if now >= self.paused_until:
-                return
-            if now >= self.probe_at:
+                return False
+            if probe and now >= self.probe_at:
                 self.probes += 1
                 self.probe_at = now + law.probe_gap(self.probes)
-                return
-            await self.sleep(min(self.paused_until, self.probe_at) - now)
+                return True
+            await self.sleep(min(self.paused_until, self.probe_at if probe else now + law.FIRST_PROBE_GAP) - now)
             if self.clock() == now:  # a clock that stands still (a test's) would hold us for ever
-                return
+                return False
 
     async def _paced_turn(self) -> None:
         """Wait in line for the pacer, which lets requests go one at a time at the learned rate.
@@ -131,7 +134,7 @@ class FlowControl:
         turns = self._turns
         while turns:
             if self.pause_stated and self.paused_until > self.clock():
-                await self._wait_pause()  # the server said when: requests that waited their turn wait too
+                await self._wait_pause(probe=False)  # the server said when: requests in line wait too
             cuts = self.pace.cuts
             wait = self.pace.reserve()
             if wait > 0:
@@ -166,14 +169,19 @@ class FlowControl:
         self.answers += 1
         self.refused = law.refused_share(self.refused, rate_limited, self.answers)
         if rate_limited:
+            if self.resuming:
+                self.refused_sent = max(self.refused_sent, now - latency)
             if self.paused_until <= now or not self.pause_stated:
                 self.pace.rate_limited()  # in a stated pause only probes go: what gets through says nothing
             self.limit.release()
             return
         limit, sent = self.limit, self.sent + 1  # this request counts until its slot is released below
         self.pace.success(law.worth_probing(limit.waiting + limit.in_flight - sent, sent, limit.latency, self.wait))
-        if self.paused_until > now and now - latency > self.paused_at:  # a probe got through: the pause ends
-            self.paused_until = now
+        if self.resuming and now - latency > self.paused_at:  # the first answer sent since a storm began:
+            self.resuming = False                               # the limit refilled, and any pause ends
+            self.paused_until = min(self.paused_until, now)
+            # It refilled after the last refused request was sent and before this one was: halfway is the guess.
+            self.pace.resumed((max(self.refused_sent, self.paused_at) + now - latency) / 2)
         self.limit.release(latency)
         rate = self.pace.rate
         if rate:
@@ -193,7 +201,7 @@ class FlowControl:
             return True
         if not law.is_storm(self.refused):
             return False
-        self.paused_until, self.paused_at, self.pause_stated = now + seconds, now, stated
+        self.paused_until, self.paused_at, self.pause_stated, self.resuming = now + seconds, now, stated, True
         self.pace.storm()
         self.probes = 0
         self.probe_at = now + law.probe_gap(0)

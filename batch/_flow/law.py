@@ -19,9 +19,10 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
   ``PROBE_HORIZON`` server waits the rate is brought just under the cap measured last (``CLOSING``).
 * **A budget spent in bursts is spread over its window**: a fixed window (a per-minute limit refilled
   at the minute's turn) answers nothing for long, then everything, then refuses everything once it
-  is spent. A storm that comes while the rate delivered is well above the average since the last
-  storm (``BURSTY``) says so; that average is the budget per window over the window's length, and
-  the rate is held there for one such cycle before probing again.
+  is spent. Two turns of the window (a pool-wide pause ended by a probe) with a storm between them
+  measure it: what got through between them is one window's budget, the time between them its length.
+  When the rate delivered at the storm was well above budget over length (``BURSTY``), the rate is set
+  just under that and held there for a few windows before probing again.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
   the rate is cut; the pool does not stop. Only a storm (most recent answers refused: a spent
   window, a full concurrency cap) pauses the pool, and then single probe requests go out at
@@ -37,7 +38,7 @@ __all__ = [
     "MAX_STREAK", "PROBE_HORIZON", "CLOSING", "DEFAULT_WAIT", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE",
     "FIRST_PROBE_GAP", "MAX_PROBE_GAP",
     "raised", "worth_probing", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm",
-    "probe_gap", "BURSTY", "spread_rate",
+    "probe_gap", "BURSTY", "MIN_WINDOW", "SPREAD_SHARE", "spread_rate",
 ]
 
 #: The rate after a 429, as a share of the rate delivered when it came: just under the measured cap.
@@ -158,18 +159,25 @@ def is_storm(share: float) -> bool:
     return share >= STORM_SHARE
 
 
-#: A storm while the delivered rate is above this many times the average since the last storm means a
-#: budget spent in bursts (a fixed window), not a rate slightly exceeded.
+#: A storm while the delivered rate is above this many times the budget rate of the window it spent means
+#: a budget spent in bursts (a fixed window), not a rate slightly exceeded.
 BURSTY = 1.2
+#: Seconds of the shortest window taken for one: per-second windows are the shortest limits documented, and
+#: a bucket's storms (a cold start's) come closer together than that.
+MIN_WINDOW = 1.0
+#: A window's budget rate is paced at this share of it, so that timing noise does not spend a window
+#: a moment before its turn.
+SPREAD_SHARE = 0.98
 
 
 def spread_rate(successes: float, seconds: float, delivered: float) -> float | None:
-    """The rate after a storm: ``successes`` answered in the ``seconds`` since the last storm began, when
-    the ``delivered`` rate as this one came was well above their average (None: leave it to ``cut``)."""
-    if seconds <= 0 or successes <= 0:
+    """The rate that spends a window's budget evenly: ``successes`` answered in the ``seconds`` between two
+    turns of the window (a pool-wide pause ended by a probe), when the ``delivered`` rate at the storm
+    between them was well above their average (None: not a budget spent in a burst)."""
+    if seconds < MIN_WINDOW or successes <= 0:
         return None
     average = successes / seconds
-    return max(FLOOR, average) if delivered > BURSTY * average else None
+    return max(FLOOR, SPREAD_SHARE * average) if delivered > BURSTY * average else None
 
 
 def probe_gap(probes_sent: int) -> float:

@@ -29,7 +29,7 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 5.0
+LAYOUT = 6.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
@@ -41,12 +41,14 @@ LEARNED_TTL = 60.0
 STATED_TTL = 600.0
 #: Seconds within which storms seen by several workers are one storm.
 STORM_GAP = 1.0
+#: A budget spread over its window (``resumed``) is held, unprobed, for this many windows.
+HOLD_WINDOWS = 3.0
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
- FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DONE,
- HOLD_UNTIL) = range(23)
-DONE_RING = 23
+ FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
+ HOLD_UNTIL, RESUMED_AT, RESUMED_DONE) = range(25)
+DONE_RING = 25
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -79,7 +81,7 @@ class LearnedRate:
     def _reset(self) -> None:
         v = self.v
         self.slab.clear()
-        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT):
+        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -142,8 +144,8 @@ class LearnedRate:
             self._flush(now)
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
-                if quiet > self.window:  # the host was quiet too: the last storm was another job's
-                    v[STREAK], v[STORM_AT], v[HOLD_UNTIL] = 0.0, NEVER, 0.0
+                if quiet > self.window:  # the host was quiet too: the last storm and turn were another job's
+                    v[STREAK], v[STORM_AT], v[RESUMED_AT] = 0.0, NEVER, NEVER
                 return False
             self._reset()
             return True
@@ -242,22 +244,42 @@ class LearnedRate:
             self.slab.unlock()
 
     def storm(self) -> None:
-        """A storm began: most answers are 429s. When the budget was spent in a burst (``law.spread_rate``),
-        pace at the average since the last storm and hold there for as long as that cycle took."""
+        """A storm began: most answers are 429s. Noted (once for all the workers that see it) with the rate
+        delivered as it came, for ``resumed`` to tell a budget spent in a burst."""
         v = self.v
         now = self.clock()
         self.slab.lock()
         try:
             self._flush(now)
-            since = now - v[STORM_AT]
-            if since < STORM_GAP:
+            if now - v[STORM_AT] < STORM_GAP:
                 return  # the same storm, seen by another worker
-            spread = (law.spread_rate(v[DONE_TOTAL] - v[STORM_DONE], since, self._rate_of(DONE_RING, FIRST_DONE, now))
-                      if v[STORM_AT] != NEVER else None)
-            v[STORM_AT], v[STORM_DONE] = now, v[DONE_TOTAL]
-            if spread is None or (v[RATE] and spread >= v[RATE]):
+            v[STORM_AT], v[STORM_DELIVERED] = now, self._rate_of(DONE_RING, FIRST_DONE, now)
+        finally:
+            self.slab.unlock()
+
+    def resumed(self, at: float) -> None:
+        """An answer after a storm: the limit refilled (a window turned) at about ``at`` (a ``clock()`` time).
+
+        Between two such turns with a storm in between, what got through is one window's budget and the
+        time between them its length. When that budget was spent in a burst (``law.spread_rate``), pace at
+        budget over length and hold there for ``HOLD_WINDOWS`` windows: each window is then spent evenly
+        instead of in its first moments.
+        """
+        v = self.v
+        now = self.clock()
+        self.slab.lock()
+        try:
+            self._flush(now)
+            if v[STORM_AT] < v[RESUMED_AT]:
+                return  # this pause's turn, already seen by another worker
+            since, budget, held = at - v[RESUMED_AT], v[DONE_TOTAL] - v[RESUMED_DONE], v[RESUMED_AT] < v[HOLD_UNTIL]
+            v[RESUMED_AT], v[RESUMED_DONE] = at, v[DONE_TOTAL]
+            if held or since == float("inf"):
+                return  # no turn before, or windows spent under a held rate: not one window's budget
+            spread = law.spread_rate(budget, since, v[STORM_DELIVERED])
+            if spread is None:
                 return
-            v[CEILING], v[MEASURED], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), now + since
+            v[CEILING], v[MEASURED], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), now + HOLD_WINDOWS * since
             self._lowered(spread, now)
         finally:
             self.slab.unlock()
