@@ -60,7 +60,6 @@ class FlowControl:
         self.paused_at = float("-inf")
         self.pause_stated = False     # the pause is a wait the server asked for, not a backoff of our own
         self.resuming = False         # a storm began and nothing sent since has been answered yet
-        self.refused_sent = float("-inf")  # when the last request refused since then was sent
         self.probe_at = 0.0
         self.probes = 0
         self.wait = law.DEFAULT_WAIT  # seconds the server last asked a refused request to wait
@@ -170,7 +169,7 @@ class FlowControl:
         self.refused = law.refused_share(self.refused, rate_limited, self.answers)
         if rate_limited:
             if self.resuming:
-                self.refused_sent = max(self.refused_sent, now - latency)
+                self.pace.refused(now - latency)
             if self.paused_until <= now or not self.pause_stated:
                 self.pace.rate_limited()  # in a stated pause only probes go: what gets through says nothing
             self.limit.release()
@@ -180,8 +179,7 @@ class FlowControl:
         if self.resuming and now - latency > self.paused_at:  # the first answer sent since a storm began:
             self.resuming = False                               # the limit refilled, and any pause ends
             self.paused_until = min(self.paused_until, now)
-            # It refilled after the last refused request was sent and before this one was: halfway is the guess.
-            self.pace.resumed((max(self.refused_sent, self.paused_at) + now - latency) / 2)
+            self.pace.resumed(now - latency)
         self.limit.release(latency)
         rate = self.pace.rate
         if rate:

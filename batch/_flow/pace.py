@@ -29,7 +29,7 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 6.0
+LAYOUT = 7.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
@@ -47,8 +47,8 @@ HOLD_WINDOWS = 3.0
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
  FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
- HOLD_UNTIL, RESUMED_AT, RESUMED_DONE) = range(25)
-DONE_RING = 25
+ HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT) = range(27)
+DONE_RING = 27
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -81,7 +81,8 @@ class LearnedRate:
     def _reset(self) -> None:
         v = self.v
         self.slab.clear()
-        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT):
+        for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT,
+                  REFUSED_SENT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -144,8 +145,8 @@ class LearnedRate:
             self._flush(now)
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
-                if quiet > self.window:  # the host was quiet too: the last storm and turn were another job's
-                    v[STREAK], v[STORM_AT], v[RESUMED_AT] = 0.0, NEVER, NEVER
+                if quiet > self.window:  # the host was quiet too: the last storm was another job's
+                    v[STREAK], v[STORM_AT] = 0.0, NEVER
                 return False
             self._reset()
             return True
@@ -257,13 +258,25 @@ class LearnedRate:
         finally:
             self.slab.unlock()
 
-    def resumed(self, at: float) -> None:
-        """An answer after a storm: the limit refilled (a window turned) at about ``at`` (a ``clock()`` time).
+    def refused(self, sent_at: float) -> None:
+        """A request sent at ``sent_at`` (a ``clock()`` time) was refused during a storm: the limit had not
+        refilled yet then."""
+        self.slab.lock()
+        try:
+            self.v[REFUSED_SENT] = max(self.v[REFUSED_SENT], sent_at)
+        finally:
+            self.slab.unlock()
+
+    def resumed(self, sent_at: float) -> None:
+        """A request sent at ``sent_at`` was answered after a storm: the limit refilled (a window turned) after
+        the last refused request of any worker was sent and before this one was; halfway is the guess.
 
         Between two such turns with a storm in between, what got through is one window's budget and the
         time between them its length. When that budget was spent in a burst (``law.spread_rate``), pace at
         budget over length and hold there for ``HOLD_WINDOWS`` windows: each window is then spent evenly
-        instead of in its first moments.
+        instead of in its first moments. Until a first turn is seen, the start of the busy period stands for
+        one: what got through from then is only part of a window's budget, taken only when below the pace
+        (so the next window is not spent in a burst too) and held for that span alone.
         """
         v = self.v
         now = self.clock()
@@ -272,14 +285,18 @@ class LearnedRate:
             self._flush(now)
             if v[STORM_AT] < v[RESUMED_AT]:
                 return  # this pause's turn, already seen by another worker
-            since, budget, held = at - v[RESUMED_AT], v[DONE_TOTAL] - v[RESUMED_DONE], v[RESUMED_AT] < v[HOLD_UNTIL]
-            v[RESUMED_AT], v[RESUMED_DONE] = at, v[DONE_TOTAL]
-            if held or since == float("inf"):
-                return  # no turn before, or windows spent under a held rate: not one window's budget
+            at = (max(v[REFUSED_SENT], v[STORM_AT]) + sent_at) / 2
+            since, budget, from_start = at - v[RESUMED_AT], v[DONE_TOTAL] - v[RESUMED_DONE], v[FROM_START]
+            v[RESUMED_AT], v[RESUMED_DONE], v[FROM_START] = at, v[DONE_TOTAL], 0.0
+            if since == float("inf"):
+                return
             spread = law.spread_rate(budget, since, v[STORM_DELIVERED])
             if spread is None:
                 return
-            v[CEILING], v[MEASURED], v[HOLD_UNTIL] = spread, max(v[MEASURED], 2.0), now + HOLD_WINDOWS * since
+            if from_start and v[RATE] and spread >= v[RATE]:
+                return  # the work began inside a window: a part of one measures a rate only to stop the next burst
+            v[CEILING], v[MEASURED] = spread, max(v[MEASURED], 2.0)
+            v[HOLD_UNTIL] = now + (1.0 if from_start else HOLD_WINDOWS) * since
             self._lowered(spread, now)
         finally:
             self.slab.unlock()
@@ -295,6 +312,8 @@ class LearnedRate:
         if self._sent:
             if now - v[LAST_SENT] > self.window:
                 v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
+                # and its start stands for a window's turn until one is seen: the quiet before it spent nothing
+                v[RESUMED_AT], v[RESUMED_DONE], v[FROM_START] = now, v[DONE_TOTAL], 1.0
             self._count(SENT_RING, FIRST_SENT, LAST_SENT, now, self._sent)
             v[SENT_SINCE] += self._sent
             self._sent = 0
