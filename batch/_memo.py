@@ -163,10 +163,7 @@ class HostMemo:
         self._local = threading.local()
         self._stores = 0
         self._pending: list[tuple[bytes, Any]] = []  # answers of this turn of the event loop, not yet handed over
-        # Every read and write goes through one thread, in order: a write waiting for another process's
-        # prune (SQLite's lock) never holds up the event loop's requests, and a lookup sees every store
-        # handed over before it.
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: ThreadPoolExecutor | None = None  # the memo's thread (see the class docstring)
         self._thread_pid = 0
         self.broken = not settings.enabled
         if not self.broken:
@@ -234,7 +231,7 @@ class HostMemo:
         if thread is not None:
             try:
                 return thread.submit(work, *args)
-            except RuntimeError:  # closed: nothing more is read or kept
+            except RuntimeError:  # the interpreter is shutting down: nothing more is read or kept
                 pass
         done: Future[Any] = Future()
         done.set_result(default)
@@ -306,7 +303,7 @@ class HostMemo:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop: at once
-                self._submit(self._store, list(entries))
+                self._submit(self._store, list(entries)).add_done_callback(_log_failure)
                 return
             loop.call_soon(self._flush)
         self._pending.extend(entries)
@@ -314,7 +311,11 @@ class HostMemo:
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
         if entries:
-            self._submit(self._store, entries)
+            self._submit(self._store, entries).add_done_callback(_log_failure)
+
+    def kept(self) -> Future[None]:
+        """Done once everything handed over so far is stored (or turned away)."""
+        return self._submit(_nothing)
 
     def prune(self) -> None:
         """Forget what is too old, then the oldest until both bounds hold with a tenth to spare."""
@@ -360,6 +361,15 @@ class HostMemo:
         if connection is not None and self._local.pid == os.getpid():
             connection.close()
         self._local = threading.local()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _log_failure(done: Future[Any]) -> None:
+    if not done.cancelled() and done.exception() is not None:  # the memo never costs an answer: say so, no more
+        log.debug("answers not memoised: %s", done.exception())
 
 
 class RememberingClient:
@@ -458,6 +468,9 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
     asked = values if not found else [None if k in found else v for v, k in zip(values, keys)]
     outcomes = await answer_rows(remembering, asked, params=params, response_format=response_format,
                                  convert=convert, memo=memo)
+    # Kept before the batch is done: Spark's next evaluation of the plan (a sort's second job, a retried
+    # task) may look them up at once, from another worker.
+    await asyncio.wrap_future(host.kept())
     if found:
         hits: dict[bytes, RowOutcome] = {}
         for index, key in enumerate(keys):

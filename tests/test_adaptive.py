@@ -210,3 +210,60 @@ def test_a_kept_rate_is_checked_again_by_small_probes_not_a_search():
 ])
 def test_worth_probing(backlog, in_flight, latency, wait, expected):
     assert law.worth_probing(backlog, in_flight, latency, wait) is expected
+
+
+# ---------------------------------------------------------------- a fixed window's budget
+
+def spend(rate: AdaptiveRate, clock: Clock, budget: int, per_second: float) -> None:
+    """A window's ``budget`` answered at ``per_second``, or at the pace when that is lower."""
+    for _ in range(budget):
+        clock.now += 1.0 / min(per_second, rate.rate or per_second)
+        rate.sent()
+        rate.success()
+
+
+def refused_until(rate: AdaptiveRate, clock: Clock, turn: float, later_storm_at: float | None = None) -> float:
+    """A storm, probes refused every 250 ms until the window's ``turn``, then a probe answered; returns the
+    pace just before that answer's turn was taken."""
+    rate.rate_limited()
+    rate.storm()
+    while clock.now + 0.25 < turn:
+        clock.now += 0.25
+        rate.sent()
+        rate.refused(clock.now)
+        if later_storm_at is not None and clock.now >= later_storm_at:
+            rate.storm()  # another worker's first answer is a 429 in the same pause
+            later_storm_at = None
+    clock.now = turn + 0.1
+    rate.sent()
+    rate.success()
+    before = rate.rate
+    rate.resumed(clock.now - 0.02)
+    return before
+
+
+def test_a_windows_budget_is_measured_between_two_turns_and_held():
+    """Windows of 5 s holding 2,500 requests (500 a second); the work starts 2 s into one and sends 2,000 a
+    second. The part of the first window seen only lowers the pace; the next window, turn to turn, measures
+    the budget: the pace becomes just under 500 a second and is not probed above it for three windows."""
+    clock = Clock(2.0)
+    rate = AdaptiveRate(clock=clock)
+    spend(rate, clock, 2500, 2000.0)
+    refused_until(rate, clock, 5.0)
+    first = rate.rate
+    assert first == pytest.approx(law.SPREAD_SHARE * 2501 / 3.0, rel=0.03)  # 2,500 answered in 3 s of it
+    spend(rate, clock, 2500, 2000.0)
+    refused_until(rate, clock, 10.0, later_storm_at=clock.now + 1.0)
+    assert rate.rate == pytest.approx(law.SPREAD_SHARE * 500, rel=0.02)
+    held = rate.rate
+    rate.resumed(clock.now - 0.01)  # the same turn, seen by a second worker: measured once
+    assert rate.rate == held
+    assert max(keep_up(rate, clock, 10.0)) <= held * 1.001  # held, not probed
+
+
+def test_a_storm_and_turn_within_a_second_measure_no_window():
+    """A bucket's storm (an opening volley far above its burst) comes and goes within a second: no spread."""
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    spend(rate, clock, 200, 2000.0)
+    assert refused_until(rate, clock, clock.now + 0.3) == rate.rate  # the turn changed nothing

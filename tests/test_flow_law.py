@@ -30,6 +30,15 @@ def test_raised(rate, ceiling, measured, streak, stated, expected):
     (100.0, 0.0, 0, 0, (125.0, 0)),    # no cap measured: nothing to stay under, the search goes on
 ])
 def test_raised_in_the_last_seconds(rate, ceiling, measured, streak, expected):
+    new, new_streak = law.raised(rate, ceiling, measured, streak, probe=False, closing=True)
+    assert (pytest.approx(new), new_streak) == expected
+
+
+@pytest.mark.parametrize("rate,ceiling,measured,streak,expected", [
+    (100.0, 100.0, 2, 5, (100.0, 0)),  # held at a measured rate: kept, not probed, not lowered
+    (50.0, 100.0, 2, 0, (75.0, 0)),    # below it: recovers towards it
+])
+def test_raised_while_held(rate, ceiling, measured, streak, expected):
     new, new_streak = law.raised(rate, ceiling, measured, streak, probe=False)
     assert (pytest.approx(new), new_streak) == expected
 

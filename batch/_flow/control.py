@@ -151,7 +151,7 @@ class FlowControl:
         in-flight limit, reached by answers that came back, is kept."""
         self.pace.restart()
         self.refused, self.answers = 0.0, 0
-        self.wait = law.DEFAULT_WAIT
+        self.wait, self.resuming = law.DEFAULT_WAIT, False
 
     # ------------------------------------------------------------ after a request
 

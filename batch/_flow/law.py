@@ -83,18 +83,21 @@ MAX_PROBE_GAP = 0.25
 
 
 def raised(rate: float, ceiling: float, measured: int, streak: int, stated: float = 0.0,
-           probe: bool = True) -> tuple[float, int]:
+           probe: bool = True, closing: bool = False) -> tuple[float, int]:
     """One step up after an interval with no 429 in which the rate was used: ``(new rate, new streak)``.
 
     ``ceiling`` is the delivered rate when the last 429 came, ``measured`` how many 429s measured it,
     ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none),
-    ``probe`` False near the end of the work (``worth_probing``): no step above ``CLOSING`` of a measured
-    ceiling, and a rate above that is brought down to it.
+    ``probe`` False while a rate is held (no step above a measured ceiling), ``closing`` True near the end
+    of the work (``worth_probing`` False): no step above ``CLOSING`` of a measured ceiling, and a rate
+    above that is brought down to it. Either way a later probe starts again from the first step.
     """
-    if not probe and measured:  # the last seconds: aim under the cap, and a later probe starts from 1%
+    if closing and measured:  # the last seconds: aim under the cap
         ceiling, streak = ceiling * CLOSING, 0
         if rate >= ceiling:
             return (min(ceiling, stated) if stated else ceiling), streak
+    elif not probe and measured and rate >= ceiling:
+        return rate, 0
     if rate < ceiling:
         new = min(ceiling, rate + max((ceiling - rate) * RECOVER, rate * MIN_RECOVER))
     elif measured < 2:

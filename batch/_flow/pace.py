@@ -136,6 +136,7 @@ class LearnedRate:
         from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate keeps how often
         it was measured, so one measured twice is checked again by probing from the first small step: a
         search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it.
+        A window's budget rate held by ``resumed`` stays held: it is the endpoint's, not the last job's.
         True when forgotten.
         """
         v = self.v
@@ -185,7 +186,7 @@ class LearnedRate:
 
     def success(self, probe: bool = True) -> None:
         """An answer came; ``probe`` False when too little work is left to probe above the cap
-        (``law.worth_probing``)."""
+        (``law.worth_probing``): the rate is then brought just under it (``law.CLOSING``)."""
         v = self.v
         now = self.clock()
         self._done += 1
@@ -205,7 +206,7 @@ class LearnedRate:
             if not used:
                 return
             rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
-                                      probe and now >= v[HOLD_UNTIL])
+                                      probe=probe and now >= v[HOLD_UNTIL], closing=not probe)
             v[STREAK] = streak
             self._set(rate, now)
         finally:
@@ -254,7 +255,10 @@ class LearnedRate:
             self._flush(now)
             if now - v[STORM_AT] < STORM_GAP:
                 return  # the same storm, seen by another worker
-            v[STORM_AT], v[STORM_DELIVERED] = now, self._rate_of(DONE_RING, FIRST_DONE, now)
+            delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
+            if v[STORM_AT] >= v[RESUMED_AT]:  # a later storm of the same pause: nothing was delivered in it
+                delivered = max(delivered, v[STORM_DELIVERED])
+            v[STORM_AT], v[STORM_DELIVERED] = now, delivered
         finally:
             self.slab.unlock()
 
