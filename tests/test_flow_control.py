@@ -301,3 +301,21 @@ def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_w
     t.now += 0.1
     flow.done(0.1)  # the probe, sent after the pause began, was answered: the pause is over
     assert flow.paused_until == pytest.approx(t.now)
+
+
+def test_a_probe_goes_out_at_once_not_behind_the_pacers_held_line():
+    """A stated pause holds the requests in line at the pacer too; its probe is sent to find the pause's end,
+    so it goes when due, not after a turn of its own at the pacer."""
+    t = SteppedTime()
+    flow = FlowControl(max_concurrency=10, clock=t.clock, sleep=t.sleep)
+    flow.pace.stated(60)  # the endpoint said 60 a minute: a turn a second
+    for _ in range(5):
+        flow.done(0.0, rate_limited=True)
+    assert flow.refused_for(5.0) is True  # a storm, and the server said how long
+
+    async def admissions():
+        waiting = [asyncio.create_task(flow.admit()) for _ in range(3)]
+        await t.advance(0.051)
+        return [task.done() for task in waiting]
+
+    assert sorted(run(admissions())) == [False, False, True]  # one probe, after 50 ms; the rest held
