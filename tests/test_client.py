@@ -804,7 +804,7 @@ def test_every_task_over_http(srv, transport):
 def test_a_fixed_window_is_spent_over_the_window_not_in_its_first_moment(srv):
     # 300 requests a window of one second, refilled at the turn, Retry-After in whole seconds: sending
     # as fast as the first window allowed would spend every later window at once and then take 429s
-    # until its turn. After two storms the pace is the window's budget over its length.
+    # until its turn. After two turns the pace is the window's budget over its length.
     srv.configure(limit_profile="window", rate_limit=300, window_s=1.0, latency_ms=20)
     client = http_client(srv)
 
@@ -817,5 +817,7 @@ def test_a_fixed_window_is_spent_over_the_window_not_in_its_first_moment(srv):
     outcomes, rate = run(go())
     stats = srv.stats()
     assert [o.error for o in outcomes if o.error] == []
-    assert rate is not None and 50 <= rate <= 450  # at most about 300 a second, not the thousands of a burst
-    assert stats["rate_limited"] < 0.15 * stats["requests"]
+    assert rate is not None and 150 <= rate <= 330  # about 300 a second, not the thousands of a burst
+    # The first two windows are spent in bursts (all that is in flight when one runs out is refused); the
+    # later ones are paced. Without the pool's pause and its probes, most requests would be refused.
+    assert stats["rate_limited"] < 0.3 * stats["requests"]
