@@ -100,18 +100,18 @@ class FlowControl:
         if self.pace.rate or self._turns:
             await self._paced_turn()
 
-    async def _wait_pause(self, probe: bool = True) -> bool:
-        """Hold while a storm's pause lasts. With ``probe``, the first request to find a probe due goes as that
-        probe (True); without, this waits for the pause to end, by its time or by a probe's answer."""
+    async def _wait_pause(self) -> bool:
+        """Hold while a storm's pause lasts; the first request (or the pacer, for the first in its line) to find
+        a probe due goes as that probe (True)."""
         while True:
             now = self.clock()
             if now >= self.paused_until:
                 return False
-            if probe and now >= self.probe_at:
+            if now >= self.probe_at:
                 self.probes += 1
                 self.probe_at = now + law.probe_gap(self.probes)
                 return True
-            await self.sleep(min(self.paused_until, self.probe_at if probe else now + law.FIRST_PROBE_GAP) - now)
+            await self.sleep(min(self.paused_until, self.probe_at) - now)
             if self.clock() == now:  # a clock that stands still (a test's) would hold us for ever
                 return False
 
@@ -132,19 +132,24 @@ class FlowControl:
     async def _pace_out(self) -> None:
         turns = self._turns
         while turns:
-            if self.pause_stated and self.paused_until > self.clock():
-                await self._wait_pause(probe=False)  # the server said when: requests in line wait too
+            if self.pause_stated and self.paused_until > self.clock() and await self._wait_pause():
+                self._release_one()  # the server said when: requests in line wait too, but for its probes
+                continue
             cuts = self.pace.cuts
             wait = self.pace.reserve()
             if wait > 0:
                 await self.sleep(wait)
                 if self.pace.cuts != cuts:  # a cut that came while we slept voids the turn: book again
                     continue
-            while turns:
-                turn = turns.popleft()
-                if not turn.done():  # a waiter that gave up is skipped
-                    turn.set_result(None)
-                    break
+            self._release_one()
+
+    def _release_one(self) -> None:
+        turns = self._turns
+        while turns:
+            turn = turns.popleft()
+            if not turn.done():  # a waiter that gave up is skipped
+                turn.set_result(None)
+                return
 
     def _restart(self) -> None:
         """A new busy period: the learned rate is kept where safe (see ``LearnedRate.restart``); the
