@@ -319,3 +319,24 @@ def test_a_probe_goes_out_at_once_not_behind_the_pacers_held_line():
         return [task.done() for task in waiting]
 
     assert sorted(run(admissions())) == [False, False, True]  # one probe, after 50 ms; the rest held
+
+
+def test_with_every_slot_in_line_at_the_pacer_the_pacer_sends_the_probe():
+    """Requests waiting their turn when a stated pause begins are held with it; when no new request comes to
+    take a probe (every slot is in line), the pacer lets the first in line go as the probe."""
+    t = SteppedTime()
+    flow = FlowControl(max_concurrency=3, clock=t.clock, sleep=t.sleep)
+    flow.pace.stated(60)  # a turn a second
+    for _ in range(50):
+        flow.done(0.1)
+
+    async def admissions():
+        waiting = [asyncio.create_task(flow.admit()) for _ in range(3)]
+        await t.advance(0.01)  # the first had its turn; two wait in line, a second apart
+        for _ in range(5):
+            flow.done(0.0, rate_limited=True)
+        assert flow.refused_for(5.0) is True  # a storm: the server asked for five seconds
+        await t.advance(1.1)
+        return [task.done() for task in waiting]
+
+    assert run(admissions()) == [True, True, True]  # the turn booked before the pause, then a probe
