@@ -299,14 +299,13 @@ class HostMemo:
         more than the rows in it)."""
         if not entries:
             return
-        if not self._pending:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop: at once
-                self._submit(self._store, list(entries)).add_done_callback(_log_failure)
-                return
-            loop.call_soon(self._flush)
+        first = not self._pending
         self._pending.extend(entries)
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # no loop: at once
+                self._flush()
 
     def _flush(self) -> None:
         entries, self._pending = self._pending, []
