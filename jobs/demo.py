@@ -94,10 +94,22 @@ def run_demo(rows: int | None = None, real: bool = False) -> bool:
             print(f"  {row['ticket_id']}: {row['summary']!r}")
             print(f"    triage={triage.asDict() if triage else None} "
                   f"embedding[:3]={[round(x, 3) for x in (row['embedding'] or [])[:3]]}")
-        usage = spark.table(spec.usage_table).where(f"run_id = '{result.run_id}'")
-        usage.select("endpoint", "rows_answered", "requests", "retries", "total_tokens",
-                     "latency_p95_ms", "estimated_cost").show(truncate=False)
+        from pyspark.sql import functions as F
+
+        usage = spark.table(spec.usage_table)
+        if result.rows_pending:
+            usage = usage.where(F.col("run_id") == result.run_id)
+            print(f"\nUsage of this run ({spec.usage_table}):")
+        else:
+            print(f"\nEvery row was answered by an earlier run, so nothing was asked again. "
+                  f"Usage of all runs ({spec.usage_table}):")
+        usage.orderBy("started_at", "endpoint").select(
+            "run_id", "endpoint", "rows_answered", "requests", "retries", "total_tokens",
+            F.round("latency_p95_ms").alias("latency_p95_ms"),
+            F.format_number("estimated_cost", 6).alias("estimated_cost"),
+        ).show(truncate=False)
         again = "make demo-real" if real else "make demo"
-        print(f"{served()}; run `{again}` again to see resume (nothing is asked twice)")
+        print(f"{served()}; run `{again}` again to see resume (nothing is asked twice)" if result.rows_pending
+              else f"{served()}: the answers were resumed from {spec.results_table}")
         spark.stop()
     return result.ok
