@@ -1,6 +1,6 @@
 """The concurrency limiter: how many requests may be in flight at once, and a fair line for the rest.
 
-The limit starts at ``INITIAL_IN_FLIGHT`` and grows by one for every answer that came back
+The limit starts at ``INITIAL_IN_FLIGHT`` and grows by one for every successful answer that came back
 while the limit was full (so it doubles each round trip while the pool is saturated, as TCP's
 slow start does), up to ``maximum``. ``at_least`` raises it at once to what Little's law says a
 rate needs at the measured latency. A 429 never lowers it: the answer to a rate limit is the
@@ -46,7 +46,8 @@ class ConcurrencyLimit:
             raise
 
     def release(self, latency: float | None = None) -> None:
-        """A request ended; ``latency`` when it was answered (a 429 included), None when it failed."""
+        """A request ended; ``latency`` when it was answered with a success (only those count towards the latency
+        and slow start), None otherwise."""
         if latency is not None:
             self.latency = latency if not self.latency else self.latency + LATENCY_WEIGHT * (latency - self.latency)
             if self._waiters and self.limit < self.maximum:  # the limit held the pool back: one more
