@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -316,9 +317,7 @@ class Bench:
         start-up is this package's (its imports, its client, its first requests)."""
         rows = 8000 if self.quick else 20000
         self.fresh()
-        before = cpu_seconds(python_workers())
-        self.plain_udf_job(2)  # one row in each of the two partitions
-        spark_start = cpu_seconds(python_workers()) - before
+        spark_start = self.workers_cpu(lambda: self.plain_udf_job(2))  # one row in each of the two partitions
         self.fresh()
         with ServerProcess(latency_ms=20) as server:
             name = self.endpoint("cpu-start", server)
@@ -341,13 +340,18 @@ class Bench:
                     "<= 150 us")
 
     def worker_cpu(self, server: ServerProcess, name: str, rows: int, prefix: str) -> tuple[float, int]:
-        """CPU seconds this application's Python workers spent over one job (workers started by the job
-        included), and the requests the server answered in it."""
-        before = cpu_seconds(python_workers())
+        """CPU seconds this application's Python workers spent over one ``ai_query`` job, and the requests the
+        server answered in it."""
         server.reset()
-        self.run(self.query(name, self.rows(rows, prefix)))
-        requests = server.stats()["requests"]
-        return cpu_seconds(python_workers()) - before, requests
+        seconds = self.workers_cpu(lambda: self.run(self.query(name, self.rows(rows, prefix))))
+        return seconds, server.stats()["requests"]
+
+    @staticmethod
+    def workers_cpu(job: Callable[[], object]) -> float:
+        """CPU seconds this application's Python workers spent over ``job`` (workers it started included)."""
+        before = cpu_seconds(python_workers())
+        job()
+        return cpu_seconds(python_workers()) - before
 
     def scale(self) -> None:
         small, large = (5000, 50000) if self.quick else (10000, 100000)
