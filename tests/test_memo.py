@@ -20,11 +20,12 @@ from pyspark.sql import functions as F
 
 import batch
 from batch._arguments import build_spec
-from batch._client import EndpointClient
+from batch._client import CallResult, EndpointClient
 from batch.config import registry
 from batch._functions import query_column
-from batch._memo import (FILE_NAME, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
+from batch._memo import (FILE_NAME, SLICE, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
                         settings_from_env)
+from batch._wire import Usage
 from batch.serve import simulated_answer
 import support
 from support import Clock
@@ -214,6 +215,62 @@ def test_remembering_client_stores_as_answers_arrive(folder, memo_chat):
     asyncio.run(one())
     key = fingerprint("scope", config, "memo arrives", {"max_tokens": 4}, None)
     assert host.lookup([key]) == {key: simulated_answer("memo arrives", 4)[0]}
+
+
+@pytest.mark.parametrize("remembered", [True, False], ids=["memo", "no-memo"])
+def test_a_large_batch_is_asked_in_slices_in_order_each_prompt_once(folder, memo_chat, remembered):
+    settings = MemoSettings(folder=str(folder)) if remembered else None
+    distinct = SLICE + 40  # so that every slice after the first repeats prompts of the one before
+    prompts = [f"memo slice {i % distinct}" for i in range(3 * SLICE + 7)]
+    prompts[5] = None
+    outcomes = asyncio.run(_answer(settings, EndpointClient(registry.get("memo-chat")), prompts))
+    assert [o.value for o in outcomes] == [p and simulated_answer(p)[0] for p in prompts]
+    assert calls(memo_chat) == {f"memo slice {i}": 1 for i in range(distinct)}
+    assert sum(o.requests for o in outcomes) == distinct  # a repeat rides on its first row's request
+
+
+class _Counting:
+    """A client that answers after one turn of the event loop, noting how many calls had begun by then."""
+
+    def __init__(self, config) -> None:
+        self.config, self.begun, self.begun_at_first_answer = config, 0, None
+        self.finished = 0
+
+    async def call(self, inputs, params=None, response_format=None):
+        self.begun += 1
+        await asyncio.sleep(0)
+        if self.begun_at_first_answer is None:
+            self.begun_at_first_answer = self.begun
+        await asyncio.sleep(0)
+        self.finished += 1
+        return CallResult([f"answer {inputs[0]}"], None, 1, 0, 0.0, Usage(), None)
+
+
+def test_a_batch_sends_its_first_slice_before_preparing_the_rest(folder, memo_chat):
+    for settings in (MemoSettings(folder=str(folder)), None):
+        client = _Counting(registry.get("memo-chat"))
+        values = [f"memo first {i}" for i in range(20 * SLICE)]
+        outcomes = asyncio.run(answer_remembered(settings, client, values))
+        assert [o.value for o in outcomes] == [f"answer {v}" for v in values]
+        assert client.begun_at_first_answer <= 2 * SLICE < client.begun == len(values)
+
+
+def test_a_cancelled_batch_cancels_every_slice(memo_chat):
+    client = _Counting(registry.get("memo-chat"))
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(answer_remembered(None, client, [f"memo cut {i}" for i in range(10 * SLICE)]))
+        while client.begun < 3 * SLICE:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        begun = client.begun
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert client.begun == begun and client.finished < begun  # no slice went on asking
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+    asyncio.run(cancelled())
 
 
 # ---------------------------------------------------------------- through Spark
