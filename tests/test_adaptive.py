@@ -78,6 +78,24 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     assert steps == sorted(steps) and steps[-1] <= 0.1 + 1e-9  # each step above the cap bigger, capped
 
 
+def test_answers_of_requests_sent_before_a_429_raise_the_cap_it_measured_up_to_the_pace_then():
+    """A pace rising fast is delivered a round trip and half a window late: the delivered rate when the 429
+    comes is below what was being sent, and the answers still to come say by how much."""
+    clock, rate = cut_after(400)
+    keep_up(rate, clock, 1.0)
+    deliver(rate, clock, 400, 0.5)  # answers lag the pace
+    sending = rate.rate
+    assert sending > 600
+    rate.rate_limited()
+    assert rate.ceiling == pytest.approx(400, rel=0.05)
+    deliver(rate, clock, 2000, 0.3)  # the answers of what was sent at the pace, and more than it
+    risen = rate.ceiling
+    assert 550 < risen <= sending
+    clock.now += 1.0
+    deliver(rate, clock, 900, 0.5)  # a window after the 429, answers measure nothing more
+    assert rate.ceiling == risen
+
+
 def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
     clock, rate = cut_after(50)
     first = rate.rate

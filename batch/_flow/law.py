@@ -6,8 +6,9 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
 
 * **Additive increase, multiplicative decrease on the rate** (Jacobson 1988, on a rate rather than a
   window): a 429 sets the rate a little below what was *delivered* in the last moment, the best
-  estimate of the cap; while no 429 comes the rate climbs back to that cap quickly, then probes
-  above it in steps that grow the longer no 429 comes.
+  estimate of the cap (raised by the answers still in for half a second after it, those of requests
+  sent before it: a rising rate is delivered late); while no 429 comes the rate climbs back to that
+  cap quickly, then probes above it in steps that grow the longer no 429 comes.
 * **The endpoint's own figure wins** when it states one (``x-ratelimit-limit-requests``): the rate
   starts there and never probes above it.
 * **Little's law** (L = lambda W): to send ``rate`` requests a second that each take ``latency``

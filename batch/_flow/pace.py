@@ -29,7 +29,7 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 7.0
+LAYOUT = 8.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
@@ -44,11 +44,12 @@ STORM_GAP = 1.0
 #: A budget spread over its window (``resumed``) is held, unprobed, for this many windows.
 HOLD_WINDOWS = 3.0
 
-# Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet.
+# Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet. Until MEASURING_UNTIL, the
+# answers of requests sent before the last 429 raise its CEILING, up to RATE_REFUSED, the rate it came at.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
  FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
- HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT) = range(27)
-DONE_RING = 27
+ HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT, MEASURING_UNTIL, RATE_REFUSED) = range(29)
+DONE_RING = 29
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -82,7 +83,7 @@ class LearnedRate:
         v = self.v
         self.slab.clear()
         for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT,
-                  REFUSED_SENT):
+                  REFUSED_SENT, MEASURING_UNTIL):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -206,6 +207,8 @@ class LearnedRate:
             v[CHECKED], v[SENT_SINCE] = now, 0.0
             if not used:
                 return
+            if now < v[MEASURING_UNTIL]:  # a rising rate is delivered late: answers still in measure the cap
+                v[CEILING] = max(v[CEILING], min(self._rate_of(DONE_RING, FIRST_DONE, now), v[RATE_REFUSED]))
             rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
                                       probe=probe and now >= v[HOLD_UNTIL], closing=not probe)
             v[STREAK] = streak
@@ -233,6 +236,7 @@ class LearnedRate:
                 delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
                 v[CEILING] = delivered
                 v[MEASURED] += 1
+                v[MEASURING_UNTIL], v[RATE_REFUSED] = now + self.window, rate or delivered
                 new = law.cut(rate, delivered, self._peak(delivered, now))
             else:
                 opening = now - v[FIRST_SENT] < self.window
@@ -301,6 +305,7 @@ class LearnedRate:
             if from_start and v[RATE] and spread >= v[RATE]:
                 return  # the work began inside a window: a part of one measures a rate only to stop the next burst
             v[CEILING], v[MEASURED] = spread, max(v[MEASURED], 2.0)
+            v[MEASURING_UNTIL] = NEVER  # a refilled window's burst of answers measures no cap
             v[HOLD_UNTIL] = now + (1.0 if from_start else HOLD_WINDOWS) * since
             self._lowered(spread, now)
         finally:
