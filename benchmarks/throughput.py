@@ -225,6 +225,10 @@ class Bench:
                 cold = self.measured(server, name, rows, "cold", unit)
                 warm = self.measured(server, name, rows, "warm", unit)
                 pool = self.thread_pool(server, pool_rows, unit)
+                if profile == "concurrency":
+                    share, refused = self.lanes(server)
+                    self.report(f"concurrency cap: {CONCURRENT} lanes that know it", f"{share:.3f} of the cap, "
+                                f"{refused} 429s", "(reference: the most a client that never exceeds it gets)")
             for run, (ratio, share, failed, per_s) in (("cold", cold), ("warm", warm)):
                 self.table.append((profile, run, f"{ratio:.3f}", f"{share:.2%}", str(failed), f"{per_s:,.0f}",
                                    f"{pool[3]:,.0f}", f"{per_s / pool[3]:.2f}x"))
@@ -296,6 +300,29 @@ class Bench:
             stats["limit"]["tokens_admitted"] -= spent
         ratio = self.ratio(stats, unit, rows, seconds, began, time.monotonic())
         return ratio, stats["rate_limited"] / max(1, stats["requests"]), 0, rows / seconds
+
+    @staticmethod
+    def lanes(server: ServerProcess, rows: int = 10000) -> tuple[float, int]:
+        """Rows/s over the cap of ``CONCURRENT`` lanes in this process (no Spark), each sending its next request the
+        moment its answer is read: a client told the cap, that never has more in flight than it. What it misses
+        of the cap is each request's time outside the server (the client's share of every round trip)."""
+        import aiohttp
+
+        async def run() -> float:
+            body = {"model": "m", "messages": [{"role": "user", "content": "lane"}]}
+            left = iter(range(rows))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                async def lane() -> None:
+                    for _ in left:
+                        async with session.post(server.url + "/v1/chat/completions", json=body) as reply:
+                            await reply.read()
+                started = time.perf_counter()
+                await asyncio.gather(*(lane() for _ in range(CONCURRENT)))
+                return rows / (time.perf_counter() - started) / RATE
+
+        server.reset()
+        share = asyncio.run(run())
+        return share, server.stats()["rate_limited"]
 
     def latency(self) -> None:
         rows = 4000 if self.quick else 10000

@@ -295,6 +295,21 @@ def test_dataframe_order_by_asks_each_prompt_once(spark, memo_chat):
 
 
 @pytest.mark.spark
+def test_a_batch_of_many_slices_through_spark_keeps_row_order_and_asks_each_prompt_once(spark, memo_chat):
+    distinct = SLICE + 40
+    prompts = [f"memo spark slice {i % distinct}" for i in range(3 * SLICE + 5)]
+    df = spark.createDataFrame([(i, p) for i, p in enumerate(prompts)], "id int, prompt string").coalesce(1)
+    df.createOrReplaceTempView("memo_slices")
+    batch.register(spark)
+    rows = df.select("id", batch.ai_query("memo-chat", "prompt").alias("a")).collect()
+    assert [r.a for r in rows] == [simulated_answer(prompts[r.id])[0] for r in rows]
+    assert [r.id for r in rows] == list(range(len(prompts)))
+    sql = spark.sql("SELECT id, ai_query('memo-chat', prompt) AS a FROM memo_slices").collect()  # a scalar UDF
+    assert [r.a for r in sql] == [simulated_answer(prompts[r.id])[0] for r in sql]
+    assert calls(memo_chat) == {f"memo spark slice {i}": 2 for i in range(distinct)}  # once per built column
+
+
+@pytest.mark.spark
 def test_a_second_action_on_one_dataframe_asks_nothing(spark, memo_chat):
     df = spark.createDataFrame([(f"memo twice {i}",) for i in range(12)], "prompt string")
     out = df.withColumn("answer", batch.ai_query("memo-chat", "prompt"))
