@@ -37,7 +37,7 @@ from .config import EndpointConfig
 from ._engine import Memo, RowOutcome, answer_rows
 from .errors import EndpointError
 from ._flow.shared import private_dir
-from ._wire import request_body
+from ._wire import MULTI_INPUT_TASKS, request_body
 
 __all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
            "answer_remembered", "body_digest", "FILE_NAME"]
@@ -446,10 +446,11 @@ def _remembered(answer: Any, convert: Callable[[Any], Any] | None) -> RowOutcome
         return RowOutcome(error=exc)
 
 
-#: Rows asked as one slice of a batch. A batch (an Arrow batch: 10,000 rows by default) is asked slice by
+#: Requests asked as one slice of a batch. A batch (an Arrow batch: 10,000 rows by default) is asked slice by
 #: slice, each slice's memo lookup and requests started before the next slice is prepared: the first
-#: requests go out a slice's preparation after the batch arrives, not the whole batch's (a quarter of a
-#: second for 10,000 rows), and the event loop is never held so long that answers wait to be read.
+#: requests go out a slice's preparation after the batch arrives, not the whole batch's (a tenth to a
+#: quarter of a second for 10,000 rows), and the event loop is never held so long that answers wait to be
+#: read. A slice is this many requests' worth of rows, so packed inputs (embeddings) fill requests as before.
 SLICE = 256
 
 
@@ -458,21 +459,24 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
                             response_format: Mapping[str, Any] | None = None,
                             convert: Callable[[Any], Any] | None = None, memo: Any = None) -> list[RowOutcome]:
     """``answer_rows``, with the rows whose answer the host already paid for filled from the memo and every
-    fresh answer kept there as it arrives; one outcome per value, in order. Asked ``SLICE`` rows at a time,
-    all slices in flight together; a value repeated in two slices is asked once (through ``memo``, a new
-    ``batch._engine.Memo`` when None)."""
+    fresh answer kept there as it arrives; one outcome per value, in order. Asked ``SLICE`` requests' worth of
+    rows at a time, all slices in flight together; a value repeated in two slices is asked once (through
+    ``memo``, a new ``batch._engine.Memo`` when None, made to hold at least the batch)."""
     host = host_memo(settings) if settings is not None else None
     asker = RememberingClient(client, host, settings.scope) if host is not None and settings is not None else None
-    if len(values) > SLICE and memo is None:
-        memo = Memo()
+    config = client.config
+    rows = SLICE * (config.batch_size if config.task in MULTI_INPUT_TASKS else 1)
+    if len(values) > rows:
+        memo = memo if memo is not None else Memo()
+        memo.limit = max(memo.limit, len(values))  # a repeat anywhere in the batch waits for its first ask
     slices: list[asyncio.Future[list[RowOutcome]]] = []
     try:
-        for start in range(0, len(values), SLICE):
-            part = values[start:start + SLICE]
+        for start in range(0, len(values), rows):
+            part = values[start:start + rows]
             keys, found = await _looked_up(asker, part, params, response_format)
-            slices.append(asyncio.ensure_future(_answered(asker or client, part, keys, found, params, response_format,
-                                                          convert, memo)))
-            await asyncio.sleep(0)  # this slice's requests go out before the next slice is prepared
+            slices.append(asyncio.ensure_future(_answered(asker if keys else client, part, keys, found, params,
+                                                          response_format, convert, memo)))
+            await asyncio.sleep(0)  # the loop turns: this slice's requests start while the next is prepared
         parts = await asyncio.gather(*slices)
     except BaseException:
         for pending in slices:

@@ -96,6 +96,16 @@ def test_answers_of_requests_sent_before_a_429_raise_the_cap_it_measured_up_to_t
     assert rate.ceiling == risen
 
 
+def test_answers_after_a_429_never_raise_its_cap_above_a_stated_limit():
+    clock, rate = cut_after(400)
+    keep_up(rate, clock, 1.0)
+    deliver(rate, clock, 400, 0.5)
+    rate.rate_limited()
+    rate.stated(30000)  # the endpoint now says 30,000 a minute: 500 a second
+    deliver(rate, clock, 2000, 0.3)
+    assert rate.ceiling == 500.0 and rate.rate <= 500.0
+
+
 def test_after_the_first_cut_the_pace_grows_fast_until_a_second_429():
     clock, rate = cut_after(50)
     first = rate.rate

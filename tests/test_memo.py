@@ -229,6 +229,16 @@ def test_a_large_batch_is_asked_in_slices_in_order_each_prompt_once(folder, memo
     assert sum(o.requests for o in outcomes) == distinct  # a repeat rides on its first row's request
 
 
+def test_packed_inputs_fill_their_requests_as_in_one_batch(folder, memo_chat):
+    registry.add("memo-embed-100", api="openai", base_url=memo_chat.url + "/v1", task="embeddings", batch_size=100,
+                 **FAST)
+    spec = build_spec("memo-embed-100")
+    texts = [f"memo packed {i}" for i in range(2600)]  # 26 requests of 100, sliced or not
+    outcomes = asyncio.run(_answer(MemoSettings(folder=str(folder)), EndpointClient(spec.endpoint), texts,
+                                   convert=spec.converter()))
+    assert all(o.error is None for o in outcomes) and memo_chat.stats()["answered"] == 26
+
+
 class _Counting:
     """A client that answers after one turn of the event loop, noting how many calls had begun by then."""
 

@@ -87,7 +87,7 @@ def raised(rate: float, ceiling: float, measured: int, streak: int, stated: floa
            probe: bool = True, closing: bool = False) -> tuple[float, int]:
     """One step up after an interval with no 429 in which the rate was used: ``(new rate, new streak)``.
 
-    ``ceiling`` is the delivered rate when the last 429 came, ``measured`` how many 429s measured it,
+    ``ceiling`` is the cap the last 429 measured (``LearnedRate.ceiling``), ``measured`` how many 429s measured it,
     ``streak`` how many probing steps came in a row, ``stated`` the endpoint's own limit (0: none),
     ``probe`` False while a rate is held (no step above a measured ceiling), ``closing`` True near the end
     of the work (``worth_probing`` False): no step above ``CLOSING`` of a measured ceiling, and a rate

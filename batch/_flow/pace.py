@@ -93,7 +93,8 @@ class LearnedRate:
 
     @property
     def ceiling(self) -> float:
-        """The delivered rate when the last 429 came: the best guess of the cap."""
+        """The delivered rate when the last 429 came (raised by the answers of the half second after it, see
+        ``success``): the best guess of the cap."""
         return self.v[CEILING]
 
     @property
@@ -208,7 +209,8 @@ class LearnedRate:
             if not used:
                 return
             if now < v[MEASURING_UNTIL]:  # a rising rate is delivered late: answers still in measure the cap
-                v[CEILING] = max(v[CEILING], min(self._rate_of(DONE_RING, FIRST_DONE, now), v[RATE_REFUSED]))
+                v[CEILING] = max(v[CEILING], min(self._rate_of(DONE_RING, FIRST_DONE, now), v[RATE_REFUSED],
+                                                 v[STATED] or v[RATE_REFUSED]))
             rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
                                       probe=probe and now >= v[HOLD_UNTIL], closing=not probe)
             v[STREAK] = streak
