@@ -7,7 +7,8 @@ run is cold only; the other scenarios run in the application at hand.
                R=1,000 requests/s (or its token / window / concurrency equivalent) at 100 ms latency:
                rows/s over the cap cold and warm, share of 429s, failed rows, and a pandas UDF with 32
                threads a task that sleeps Retry-After in the thread that got the 429, same server, same
-               run (once, after the warm run)
+               run (once, after the warm run); for the concurrency cap also 100 lanes that know it (no
+               Spark), the most a client that never exceeds the cap gets
   latency      10,000 rows, no cap, 1 s latency, cold: wall time and peak in-flight requests at the server
   cpu          client CPU per request in the Python workers of this application (process CPU time over the
                run), cold (worker start-up included, and shown alone, as is what a pandas UDF that calls
