@@ -478,6 +478,10 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
                                                           response_format, convert, memo)))
             await asyncio.sleep(0)  # the loop turns: this slice's requests start while the next is prepared
         parts = await asyncio.gather(*slices)
+        if asker is not None:
+            # Kept before the batch is done: Spark's next evaluation of the plan (a sort's second job, a retried
+            # task) may look them up at once, from another worker.
+            await asyncio.wrap_future(asker.memo.kept())
     except BaseException:
         for pending in slices:
             pending.cancel()
@@ -504,10 +508,6 @@ async def _answered(client: Any, values: Sequence[Any], keys: list[bytes | None]
     asked = values if not found else [None if k in found else v for v, k in zip(values, keys)]
     outcomes = await answer_rows(client, asked, params=params, response_format=response_format, convert=convert,
                                  memo=memo)
-    if isinstance(client, RememberingClient):
-        # Kept before the batch is done: Spark's next evaluation of the plan (a sort's second job, a retried
-        # task) may look them up at once, from another worker.
-        await asyncio.wrap_future(client.memo.kept())
     if found:
         hits: dict[bytes, RowOutcome] = {}
         for index, key in enumerate(keys):
