@@ -289,6 +289,29 @@ def test_a_windows_budget_is_measured_between_two_turns_and_held():
     assert max(keep_up(rate, clock, 10.0)) <= held * 1.001  # held, not probed
 
 
+def test_after_its_hold_a_windows_budget_is_probed_one_step_a_window():
+    """A window answers a probe only when its budget runs out: a step every tenth of a second would spend the
+    next window in a burst before the first 429, so above the budget the pace takes one small step a window."""
+    clock = Clock(2.0)
+    rate = AdaptiveRate(clock=clock)
+    spend(rate, clock, 2500, 2000.0)
+    refused_until(rate, clock, 5.0)
+    spend(rate, clock, 2500, 2000.0)
+    refused_until(rate, clock, 10.0)
+    held, steps = rate.rate, []
+    assert max(keep_up(rate, clock, 3 * 5.0 - 0.2)) == held  # the hold: three windows of 5 s
+    end = clock.now + 12.0
+    while clock.now < end:  # the next windows: a step at the hold's end, then one each 5 s
+        before = rate.rate
+        clock.now += 1.0 / before
+        rate.sent()
+        rate.success()
+        if rate.rate != before:
+            steps.append((clock.now, rate.rate / before))
+    assert [round(up, 6) for _, up in steps] == [1 + law.PROBE] * 3
+    assert all(later - earlier == pytest.approx(5.0, abs=0.3) for (earlier, _), (later, _) in zip(steps, steps[1:]))
+
+
 def test_a_storm_and_turn_within_a_second_measure_no_window():
     """A bucket's storm (an opening volley far above its burst) comes and goes within a second: no spread."""
     clock = Clock()

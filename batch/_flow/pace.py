@@ -29,7 +29,7 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 8.0
+LAYOUT = 9.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
@@ -46,10 +46,12 @@ HOLD_WINDOWS = 3.0
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet. Until MEASURING_UNTIL, the
 # answers of requests sent before the last 429 raise its CEILING, up to RATE_REFUSED, the rate it came at.
+# WINDOW is the length of the window whose budget was spread (0: none seen), PROBED_AT the last step above a cap.
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
  FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
- HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT, MEASURING_UNTIL, RATE_REFUSED) = range(29)
-DONE_RING = 29
+ HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT, MEASURING_UNTIL, RATE_REFUSED, WINDOW,
+ PROBED_AT) = range(31)
+DONE_RING = 31
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -83,7 +85,7 @@ class LearnedRate:
         v = self.v
         self.slab.clear()
         for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT,
-                  REFUSED_SENT, MEASURING_UNTIL):
+                  REFUSED_SENT, MEASURING_UNTIL, PROBED_AT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -211,10 +213,15 @@ class LearnedRate:
             if now < v[MEASURING_UNTIL]:  # a rising rate is delivered late: answers still in measure the cap
                 v[CEILING] = max(v[CEILING], min(self._rate_of(DONE_RING, FIRST_DONE, now), v[RATE_REFUSED],
                                                  v[STATED] or v[RATE_REFUSED]))
-            rate, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
-                                      probe=probe and now >= v[HOLD_UNTIL], closing=not probe)
+            # A window answers a probe only when its budget runs out, so above a window's budget one step is
+            # taken per window: a step each interval would spend the next window in a burst before any 429.
+            held = now < v[HOLD_UNTIL] or now - v[PROBED_AT] < v[WINDOW]
+            new, streak = law.raised(rate, v[CEILING], int(v[MEASURED]), int(v[STREAK]), v[STATED],
+                                     probe=probe and not held, closing=not probe)
+            if new > rate >= v[CEILING]:
+                v[PROBED_AT] = now
             v[STREAK] = streak
-            self._set(rate, now)
+            self._set(new, now)
         finally:
             self.slab.unlock()
 
@@ -285,9 +292,11 @@ class LearnedRate:
         Between two such turns with a storm in between, what got through is one window's budget and the
         time between them its length. When that budget was spent in a burst (``law.spread_rate``), pace at
         budget over length and hold there for ``HOLD_WINDOWS`` windows: each window is then spent evenly
-        instead of in its first moments. Until a first turn is seen, the start of the busy period stands for
-        one: what got through from then is only part of a window's budget, taken only when below the pace
-        (so the next window is not spent in a burst too) and held for that span alone.
+        instead of in its first moments. After the hold the rate is probed one step a window (``success``): a
+        window refuses a rate above its budget only once that budget is spent. Until a first turn is seen, the
+        start of the busy period stands for one: what got through from then is only part of a window's budget,
+        taken only when below the pace (so the next window is not spent in a burst too) and held for that span
+        alone.
         """
         v = self.v
         now = self.clock()
@@ -306,7 +315,7 @@ class LearnedRate:
                 return
             if from_start and v[RATE] and spread >= v[RATE]:
                 return  # the work began inside a window: a part of one measures a rate only to stop the next burst
-            v[CEILING], v[MEASURED] = spread, max(v[MEASURED], 2.0)
+            v[CEILING], v[MEASURED], v[WINDOW] = spread, max(v[MEASURED], 2.0), since
             v[MEASURING_UNTIL] = NEVER  # a refilled window's burst of answers measures no cap
             v[HOLD_UNTIL] = now + (1.0 if from_start else HOLD_WINDOWS) * since
             self._lowered(spread, now)
