@@ -216,7 +216,7 @@ def test_no_probe_above_the_cap_when_little_work_is_left():
         rate.sent()
         rate.success(probe=False)
     assert rate.rate == pytest.approx(rate.ceiling * law.CLOSING)  # just under the cap measured, not above it
-    keep_up(rate, clock, 0.5)
+    keep_up(rate, clock, 1.0)
     assert rate.rate > rate.ceiling  # with work left, it probes again
 
 

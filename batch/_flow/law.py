@@ -64,9 +64,11 @@ MAX_STREAK = 10
 #: Probing stops once the work left would take less than this many of the server's last asked waits.
 PROBE_HORIZON = 2.0
 #: ...and the rate is brought to this share of the cap measured last: a probe made before then may still be
-#: draining the server's burst, and a 429 in the last seconds makes its request, and so the work, end a
-#: server's wait later (a second, for whole-second Retry-After) for a few percent of rate.
-CLOSING = 0.97
+#: draining the server's burst, the cap measured is a few percent high as often as low, and a 429 in the
+#: last seconds makes its request, and so the work, end a server's wait later (a second, for whole-second
+#: Retry-After). Seven percent of two seconds' rate costs a seventh of a second; at 97% the last requests
+#: of a tokens-per-minute run were refused in two runs of three and waited that second.
+CLOSING = 0.93
 #: Seconds a refused request is taken to wait before the server has said (a whole-second Retry-After).
 DEFAULT_WAIT = 1.0
 #: In-flight requests allowed per request a second a latency needs: twice Little's law, so latency
