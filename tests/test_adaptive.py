@@ -312,6 +312,17 @@ def test_after_its_hold_a_windows_budget_is_probed_one_step_a_window():
     assert all(later - earlier == pytest.approx(5.0, abs=0.3) for (earlier, _), (later, _) in zip(steps, steps[1:]))
 
 
+def test_a_part_of_a_window_seen_from_the_start_does_not_slow_the_probing_after_it():
+    """The span from the start of the work to a first turn is only part of a window (or a bucket's storm): its
+    hold lasts that span, and the probing after it takes its usual steps, not one a span."""
+    clock = Clock(2.0)
+    rate = AdaptiveRate(clock=clock)
+    spend(rate, clock, 2500, 2000.0)
+    refused_until(rate, clock, 5.0)
+    keep_up(rate, clock, 3.2)  # past the hold: the 3 s from the start of the work to the turn
+    assert len(keep_up(rate, clock, 1.0)) > 5
+
+
 def test_a_storm_and_turn_within_a_second_measure_no_window():
     """A bucket's storm (an opening volley far above its burst) comes and goes within a second: no spread."""
     clock = Clock()

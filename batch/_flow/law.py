@@ -23,7 +23,7 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
   is spent. Two turns of the window (a pool-wide pause ended by a probe) with a storm between them
   measure it: what got through between them is one window's budget, the time between them its length.
   When the rate delivered at the storm was well above budget over length (``BURSTY``), the rate is set
-  just under that and held there for a few windows before probing again.
+  just under that and held there for a few windows, then probed one step a window.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
   the rate is cut; the pool does not stop. Only a storm (most recent answers refused: a spent
   window, a full concurrency cap) pauses the pool, and then single probe requests go out at
@@ -66,8 +66,7 @@ PROBE_HORIZON = 2.0
 #: ...and the rate is brought to this share of the cap measured last: a probe made before then may still be
 #: draining the server's burst, the cap measured is a few percent high as often as low, and a 429 in the
 #: last seconds makes its request, and so the work, end a server's wait later (a second, for whole-second
-#: Retry-After). Seven percent of two seconds' rate costs a seventh of a second; at 97% the last requests
-#: of a tokens-per-minute run were refused in two runs of three and waited that second.
+#: Retry-After), where seven percent of two seconds' rate costs a seventh of a second.
 CLOSING = 0.93
 #: Seconds a refused request is taken to wait before the server has said (a whole-second Retry-After).
 DEFAULT_WAIT = 1.0

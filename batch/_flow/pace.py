@@ -315,7 +315,9 @@ class LearnedRate:
                 return
             if from_start and v[RATE] and spread >= v[RATE]:
                 return  # the work began inside a window: a part of one measures a rate only to stop the next burst
-            v[CEILING], v[MEASURED], v[WINDOW] = spread, max(v[MEASURED], 2.0), since
+            v[CEILING], v[MEASURED] = spread, max(v[MEASURED], 2.0)
+            if not from_start:  # a whole window, turn to turn: its length paces the probing after the hold
+                v[WINDOW] = since
             v[MEASURING_UNTIL] = NEVER  # a refilled window's burst of answers measures no cap
             v[HOLD_UNTIL] = now + (1.0 if from_start else HOLD_WINDOWS) * since
             self._lowered(spread, now)
