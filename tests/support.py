@@ -21,7 +21,8 @@ import pytest
 from batch.serve.settings import FIXED  # options that name the process itself: they cannot change while it runs
 
 ROOT = Path(__file__).resolve().parents[1]
-# Short-lived JVMs on few cores start sooner with the quick compiler alone and a serial collector.
+# The suite's JVMs (set for all of them in conftest.py) run small jobs on few cores: the quick compiler alone
+# and a serial collector cost less CPU than the optimising compiler's work for code that runs a few times.
 QUICK_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 # ---------------------------------------------------------------- retry policy
@@ -189,12 +190,10 @@ def tickets(spark, db: str, bodies: list[str | None], name: str = "tickets") -> 
 
 # ---------------------------------------------------------------- a job in a process of its own
 
-def job_process(spec: Path, endpoints: Path, log: Path, *args: str, quick_jvm: bool = True) -> subprocess.Popen:
+def job_process(spec: Path, endpoints: Path, log: Path, *args: str) -> subprocess.Popen:
     """``python -m jobs run SPEC --quiet [ARGS]`` with the endpoints file ``endpoints``, in a new process session
-    (so ``os.killpg(job.pid, ...)`` ends the job, its JVM and its Python workers), writing to ``log``.
-    ``quick_jvm``: start the job's JVM with :data:`QUICK_JVM` (for jobs of seconds, not minutes)."""
+    (so ``os.killpg(job.pid, ...)`` ends the job, its JVM and its Python workers), writing to ``log``. Its JVM
+    takes this process's ``JDK_JAVA_OPTIONS`` (:data:`QUICK_JVM`, from conftest.py)."""
     env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYTHONPATH=str(ROOT))
-    if quick_jvm:
-        env["JDK_JAVA_OPTIONS"] = QUICK_JVM
     return subprocess.Popen([sys.executable, "-m", "jobs", "run", str(spec), "--quiet", *args], cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

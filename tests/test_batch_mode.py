@@ -40,7 +40,7 @@ def _spec(db: str, execution=None, **changes) -> dict:
                                    "modelParameters": {"max_tokens": 12}},
                         "vec": {"endpoint": "bm-embed", "request": "body"}},
             "results": {"table": f"{db}.answers"}, "usage": {"table": f"{db}.usage"},
-            "limits": {"max_error_fraction": 0.5}, "commit_every": 60}
+            "limits": {"max_error_fraction": 0.5}, "commit_every": 80}
     if execution is not None:
         spec["execution"] = execution
     spec.update(changes)
@@ -75,7 +75,7 @@ def test_batch_mode_writes_what_sync_mode_writes(spark, batch_srv):
     assert srv.stats()["requests"] == before  # nothing went the synchronous way
     stats = _batches(srv)
     assert stats["requests_submitted"] == 2 * len(bodies)  # every row once per output
-    assert stats["batches_created"] >= 2 * 3  # 153 rows in 3 chunks, each chunk's files split at 40 requests
+    assert stats["batches_created"] >= 2 * 2 * 2  # 153 rows in 2 chunks, each output's split at 40
     assert _comparable(spark, "bm_batch.answers") == _comparable(spark, "bm_sync.answers")
     failed = spark.table("bm_batch.answers").where("NOT ok").collect()
     assert sorted(r["id"] for r in failed) == [150, 151, 152]
@@ -121,7 +121,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
         "execution": {"mode": "batch", "poll_seconds": 0.2}, "commit_every": 60_000,
         "spark": {"master": "local[2]", "warehouse": str(warehouse)}}))
     (warehouse / "big.db").mkdir(parents=True)
-    first = job_process(spec_path, endpoints, tmp_path / "first.log", quick_jvm=False)
+    first = job_process(spec_path, endpoints, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and first.poll() is None and _batches(srv)["requests_submitted"] < rows:
@@ -137,7 +137,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
     stats = _batches(srv)
     assert stats["batches_created"] == 4 and stats["batches_completed"] == 0  # 2 chunks of 60,000 in 2 files each
     _batches(srv, delay_s=0)
-    second = job_process(spec_path, endpoints, tmp_path / "second.log", quick_jvm=False)
+    second = job_process(spec_path, endpoints, tmp_path / "second.log")
     assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
     stats = _batches(srv)
     assert stats["requests_submitted"] == rows and stats["batches_created"] == 4  # nothing submitted twice

@@ -19,7 +19,7 @@ from batch.serve import simulated_answer
 from jobs.cli import main
 from jobs.runner import run_job
 from jobs.spec import load_spec, parse_spec
-from support import FAST, JOB_YAML, QUICK_JVM, job_process, tickets
+from support import FAST, JOB_YAML, job_process, tickets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,14 +59,19 @@ def test_results_and_usage_tables_match_the_server(spark, job_endpoints):
     after = time.time()
     assert result.ok, result.reasons
     answers = spark.table("jobs_a.answers").orderBy("id").collect()
-    started = [r["answer__status"]["started_at"] for r in answers[:100]]
-    assert all(before <= t <= after for t in started)  # epoch seconds of the first send
-    assert answers[101]["answer__status"]["started_at"] is None  # a NULL request was never sent
     assert [r["id"] for r in answers] == list(range(102))
-    for row in answers[:100]:
+    assert answers[101]["answer__status"]["started_at"] is None  # a NULL request was never sent
+    # Rows 1 and 100 ask the same: in one task one request answers both; in two tasks of a chunk both may ask,
+    # or the later one finds the other's answer in the host memo (no attempt, never sent: docs/memo.md).
+    sent = [r for r in answers[:101] if r["answer__status"]["attempts"]]
+    assert {r["id"] for r in answers[:101]} - {r["id"] for r in sent} <= {1, 100} and len(sent) >= 100
+    assert all(before <= r["answer__status"]["started_at"] <= after for r in sent)  # epoch seconds of the first send
+    for row in answers[:101]:
         assert row["answer"] == simulated_answer(f"Reply to: {bodies[row['id']]}", 50)[0]
         assert len(row["vec"]) == 16 and row["ok"]
-        assert row["answer__status"]["error"] is None and row["answer__status"]["attempts"] >= 1
+        assert row["answer__status"]["error"] is None
+        if row not in sent:
+            assert row["answer__status"]["started_at"] is None and row["answer__status"]["latency_ms"] is None
     assert answers[101]["answer"] is None and answers[101]["ok"]  # NULL request: NULL answer, no call
     stats = srv.stats()
     usage = {r["endpoint"]: r for r in spark.table("jobs_a.usage").collect()}
@@ -220,7 +225,7 @@ def _answered_rows(spark, warehouse: Path) -> list:
 @pytest.mark.spark
 def test_resume_after_the_job_process_is_killed(spark, srv, tmp_path):
     """SIGKILL midway, then run again: every key once, and re-asked rows bounded by one chunk."""
-    rows, chunk = 240, 30
+    rows, chunk = 120, 30
     srv.configure(latency_ms=60)
     warehouse = tmp_path / "warehouse"
     data = tmp_path / "tickets.json"
@@ -279,7 +284,7 @@ def test_job_runs_under_spark_submit(srv, tmp_path):
         "results": {"table": "answers"}, "usage": {"table": "usage"}}))
     submit = Path(_find_spark_home()) / "bin" / "spark-submit"
     env = dict(os.environ, BATCH_ENDPOINTS=str(endpoints), PYSPARK_PYTHON=sys.executable,
-               PYSPARK_DRIVER_PYTHON=sys.executable, JDK_JAVA_OPTIONS=QUICK_JVM)
+               PYSPARK_DRIVER_PYTHON=sys.executable)
     done = subprocess.run([str(submit), "--master", "local[2]", "--conf", f"spark.sql.warehouse.dir={tmp_path}/wh",
                            str(ROOT / "jobs" / "__main__.py"), "run", str(spec_path), "--quiet"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -386,7 +386,7 @@ KILLED_TASK = textwrap.dedent("""
 def test_a_killed_and_retried_task_pays_nothing_twice(spark, memo_chat, tmp_path):
     script, out = tmp_path / "killed.py", tmp_path / "rows.json"
     script.write_text(KILLED_TASK)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JDK_JAVA_OPTIONS=support.QUICK_JVM)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, str(script), memo_chat.url, str(tmp_path / "wh"), str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
