@@ -20,8 +20,8 @@ TOKEN_ENV = "AIQ_TEST_TOKEN"
 os.environ.setdefault(TOKEN_ENV, "aiq-test-" + secrets.token_hex(12))
 
 # Every JVM of the suite (this process's session, job processes, clusters, the Connect server) runs small
-# jobs on few cores: with the quick compiler alone and a serial collector the suite takes about a third less
-# CPU (tests/test_spend.py and tests/test_bad_input.py: 147 CPU seconds against 207).
+# jobs on few cores, where the quick compiler alone and a serial collector cost less CPU (tests/test_spend.py
+# and tests/test_bad_input.py took 147 CPU seconds with them, 207 without).
 os.environ.setdefault("JDK_JAVA_OPTIONS", QUICK_JVM)
 
 
