@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ._client import CallResult
 from .config import EndpointConfig
 from .errors import EmptyRequestError, EndpointError, HTTPRequestError, ParseCastError, QuotaExceededError
-from ._wire import MULTI_INPUT_TASKS, Usage
+from ._wire import Usage, inputs_per_request
 
 __all__ = ["RowOutcome", "ROW_RECORD", "answer_rows", "Memo", "MEMO_ENTRIES"]
 
@@ -195,7 +195,7 @@ async def _ask(client: Caller, fresh: list[tuple[Any, Any]], groups: dict[Any, l
                outcomes: list[RowOutcome], promises: dict[Any, asyncio.Future],
                params: Mapping[str, Any] | None, response_format: Mapping[str, Any] | None,
                convert: Callable[[Any], Any] | None) -> None:
-    size = client.config.batch_size if client.config.task in MULTI_INPUT_TASKS else 1
+    size = inputs_per_request(client.config)
     chunks = [fresh[i:i + size] for i in range(0, len(fresh), size)]
     results = await asyncio.gather(*(_call_chunk(client, [_sendable(value) for _, value in chunk], params,
                                                  response_format)

@@ -37,7 +37,7 @@ from .config import EndpointConfig
 from ._engine import Memo, RowOutcome, answer_rows
 from .errors import EndpointError
 from ._flow.shared import private_dir
-from ._wire import MULTI_INPUT_TASKS, request_body
+from ._wire import inputs_per_request, request_body
 
 __all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
            "answer_remembered", "body_digest", "FILE_NAME"]
@@ -464,8 +464,7 @@ async def answer_remembered(settings: MemoSettings | None, client: Any, values: 
     ``memo``, a new ``batch._engine.Memo`` when None, made to hold at least the batch)."""
     host = host_memo(settings) if settings is not None else None
     asker = RememberingClient(client, host, settings.scope) if host is not None and settings is not None else None
-    config = client.config
-    rows = SLICE * (config.batch_size if config.task in MULTI_INPUT_TASKS else 1)
+    rows = SLICE * inputs_per_request(client.config)
     if len(values) > rows:
         memo = memo if memo is not None else Memo()
         memo.limit = max(memo.limit, len(values))  # a repeat anywhere in the batch waits for its first ask

@@ -25,10 +25,15 @@ from .config import EndpointConfig
 from .errors import QUOTA_KINDS
 
 __all__ = ["Usage", "request_body", "parse_answer", "error_text", "error_info", "embedded_error", "ErrorInfo",
-           "AnswerShapeError", "NoAnswer", "MULTI_INPUT_TASKS"]
+           "AnswerShapeError", "NoAnswer", "MULTI_INPUT_TASKS", "inputs_per_request"]
 
 # Tasks whose requests carry many rows at once.
 MULTI_INPUT_TASKS = frozenset({"embeddings", "custom"})
+
+
+def inputs_per_request(config: EndpointConfig) -> int:
+    """Rows one request carries: ``batch_size`` for the tasks that pack inputs, else one."""
+    return config.batch_size if config.task in MULTI_INPUT_TASKS else 1
 
 
 class AnswerShapeError(ValueError):
