@@ -28,17 +28,20 @@ import ssl
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Awaitable, Mapping
 
-import aiohttp
 import httpx
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import ConfigError
 
-__all__ = ["AiohttpTransport", "Poster", "Proxy", "Reply", "make_transport", "poster", "proxy_for", "TRANSPORTS"]
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["AiohttpTransport", "Poster", "Proxy", "Reply", "Timeout", "make_transport", "poster", "proxy_for",
+           "TRANSPORTS"]
 
 TRANSPORTS = ("aiohttp", "httpx")
 
@@ -47,6 +50,15 @@ _SKIP_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
 
 Reply = tuple[int, Mapping[str, str], bytes]
 """What a post gives back: the status, the headers (case-insensitive) and the decoded body."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """Seconds to open a connection and to wait for the next bytes of an answer once the request is written
+    (aiohttp's ``connect`` and ``sock_read``); None: no limit."""
+
+    connect: float | None
+    sock_read: float | None
 
 
 def _sendable_headers(headers: httpx.Headers) -> dict[str, str]:
@@ -112,12 +124,10 @@ def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
 
 # ---------------------------------------------------------------- plain HTTP/1.1, without aiohttp's machinery
 
-#: What aiohttp adds to every request that does not set it (``Accept``, ``Accept-Encoding``).
-try:
-    from aiohttp.client_reqrep import ClientRequest as _ClientRequest
-    _DEFAULT_HEADERS: tuple[tuple[str, str], ...] = tuple(_ClientRequest.DEFAULT_HEADERS.items())
-except (ImportError, AttributeError):  # pragma: no cover - another aiohttp layout
-    _DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"))
+#: What aiohttp adds to every request that does not set it (its ``ClientRequest.DEFAULT_HEADERS`` where no
+#: brotli package is installed), written out so that a plain POST needs no aiohttp: importing it costs a Python
+#: worker about 0.15 s of its start. httpx decodes both encodings with nothing else installed.
+_DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"))
 _MAX_HEAD = 1 << 16  # bytes of status line and headers an answer may have
 _NO_BODY = frozenset({204, 304})
 #: Seconds an idle connection is kept for the next request (aiohttp's ``keepalive_timeout``): a server or a
@@ -357,7 +367,7 @@ class _PlainPool:
         self._origins[url] = (parsed.raw_host or "", parsed.port or 80)
         return head
 
-    async def post(self, url: str, head: bytes, body: bytes, timeout: aiohttp.ClientTimeout) -> tuple[_Answer, bytes]:
+    async def post(self, url: str, head: bytes, body: bytes, timeout: Timeout) -> tuple[_Answer, bytes]:
         """``head`` is what ``head(url, ...)`` gave, so the URL was parsed there, once."""
         origin = self._origins[url]
         idle = self._idle.get(origin)
@@ -400,31 +410,43 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one ``aiohttp.ClientSession``, opened lazily in the running loop.
 
     Bodies are read whole (answers are small JSON documents) and left compressed by aiohttp;
-    httpx decodes them, so a body reads exactly as with httpx's own transport.
+    httpx decodes them, so a body reads exactly as with httpx's own transport. aiohttp itself is
+    imported with the session: a plain ``http://`` endpoint never needs it.
     """
 
     def __init__(self, *, verify: bool = True, limit: int = 0) -> None:
         self._verify = verify
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float | None, float | None], Timeout] = {}
+        self._aiohttp_timeouts: dict[Timeout, aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, Proxy | None] = {}
         self._plain = _PlainPool()
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
         ssl_arg: ssl.SSLContext | bool = True if self._verify else False
         connector = aiohttp.TCPConnector(limit=self._limit, ssl=ssl_arg, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
-    def timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
-        """aiohttp's form of httpx's ``timeout`` extension: one object per distinct setting, not one per request."""
+    def timeout(self, timeouts: Mapping[str, float | None]) -> Timeout:
+        """httpx's ``timeout`` extension as this transport reads it: one object per distinct setting, not one per
+        request."""
         key = (timeouts.get("connect"), timeouts.get("read"))
         timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, connect=key[0], sock_read=key[1])
+            timeout = self._timeouts[key] = Timeout(*key)
         return timeout
+
+    def _aiohttp_timeout(self, timeout: Timeout) -> aiohttp.ClientTimeout:
+        found = self._aiohttp_timeouts.get(timeout)
+        if found is None:
+            import aiohttp
+            found = self._aiohttp_timeouts[timeout] = aiohttp.ClientTimeout(
+                total=None, connect=timeout.connect, sock_read=timeout.sock_read)
+        return found
 
     def proxy(self, url: str) -> Proxy | None:
         """The environment's proxy for ``url``, read once per origin."""
@@ -435,8 +457,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._proxies[key]
 
     async def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                        timeout: aiohttp.ClientTimeout, proxy: Proxy | None,
-                        request: httpx.Request | None = None) -> tuple[aiohttp.ClientResponse, bytes]:
+                        timeout: Timeout, proxy: Proxy | None,
+                        request: httpx.Request | None = None) -> tuple[Any, bytes]:
         """One request and its whole (still encoded) body; aiohttp's failures raised as httpx's.
         ``request`` is only there to be named by those errors.
 
@@ -446,11 +468,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             head = self._plain.head(url, headers)
             if head is not None:
                 return await self._plain_exchange(url, head, body, timeout, request)
+        import aiohttp
         session = self._session or self._open()
         if proxy is not None and proxy.headers and url[:5] == "http:":  # sent to the proxy with the request itself;
             headers = {**headers, **proxy.headers}                      # aiohttp sends proxy_headers on CONNECT only
         try:
-            async with session.request(method, url, data=body, headers=headers, timeout=timeout,
+            async with session.request(method, url, data=body, headers=headers, timeout=self._aiohttp_timeout(timeout),
                                        allow_redirects=False, proxy=proxy.url if proxy else None,
                                        proxy_headers=proxy.headers if proxy else None) as resp:
                 return resp, await resp.read()
@@ -465,7 +488,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except aiohttp.ClientError as exc:
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request) from None
 
-    async def _plain_exchange(self, url: str, head: bytes, body: bytes, timeout: aiohttp.ClientTimeout,
+    async def _plain_exchange(self, url: str, head: bytes, body: bytes, timeout: Timeout,
                               request: httpx.Request | None) -> Any:
         try:
             return await self._plain.post(url, head, body, timeout)
@@ -476,7 +499,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect: {exc}", request=request) from None
 
-    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: aiohttp.ClientTimeout,
+    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: Timeout,
                    proxy: Proxy | None = None) -> Reply:
         """The fast path: a POST without httpx objects, unless the body is compressed (rare) and httpx decodes it."""
         resp, content = await self._exchange("POST", url, headers, body, timeout, proxy)

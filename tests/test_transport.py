@@ -316,3 +316,53 @@ def test_credentials_in_the_url_and_unsafe_headers_go_through_aiohttp():
     assert pool.head("http://user:pw@127.0.0.1:9/v1", {}) is None  # aiohttp makes Basic auth of them
     assert pool.head("http://127.0.0.1:9/v1", {"x-bad": "a\r\nInjected: 1"}) is None
     assert pool.head("http://[::1]:80/v1?q=1", {}).startswith(b"POST /v1?q=1 HTTP/1.1\r\nHost: [::1]\r\n")
+
+
+_WITHOUT_AIOHTTP = r'''
+import asyncio, json, sys
+import batch._udf  # what a Python worker imports with an ai_query column
+from batch._client import EndpointClient
+from batch._engine import answer_rows
+from batch.config import EndpointConfig
+assert "aiohttp" not in sys.modules, "imported with the worker's modules"
+BODY = json.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"}}]}).encode()
+
+async def main():
+    async def answer(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        sizes = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+        await reader.readexactly(int(sizes[0]))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = EndpointClient(EndpointConfig(name="plain", base_url=f"http://127.0.0.1:{port}/v1"))
+    try:
+        outcomes = await answer_rows(client, ["hello"])
+    finally:
+        await client.aclose()
+        server.close()
+    assert outcomes[0].value == "ok", outcomes[0]
+asyncio.run(main())
+assert "aiohttp" not in sys.modules, "imported to answer a plain http:// endpoint"
+print("answered without aiohttp")
+'''
+
+
+def test_a_plain_http_endpoint_is_answered_without_importing_aiohttp():
+    # Importing aiohttp is about 0.15 s of every Python worker's start; only TLS and proxies need it.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_AIOHTTP], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "answered without aiohttp" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_plain_post_asks_for_what_aiohttp_asks_for():
+    from aiohttp.client_reqrep import ClientRequest
+    from batch._transport import _DEFAULT_HEADERS
+    ours = dict(_DEFAULT_HEADERS)
+    assert ours["Accept"] == ClientRequest.DEFAULT_HEADERS["Accept"]
+    # aiohttp adds br (and zstd) where their packages are installed; what httpx decodes alone is a subset.
+    assert set(ours["Accept-Encoding"].split(", ")) <= set(ClientRequest.DEFAULT_HEADERS["Accept-Encoding"].split(", "))
