@@ -2,12 +2,14 @@
 
 ``local[*]`` with a warehouse directory and Spark's Hive support (embedded Derby
 metastore, Parquet tables), all from PySpark's own jars. Workers run this same
-Python, so a virtualenv works without setting ``PYSPARK_PYTHON`` by hand.
+Python, so a virtualenv works without setting ``PYSPARK_PYTHON`` by hand, and start from
+``batch._daemon``, which imports a pip-installed PySpark from its files rather than its zip.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,11 +19,28 @@ from .errors import ConfigError
 
 __all__ = ["local_session"]
 
+#: The module Spark runs to start its Python workers (``spark.python.daemon.module``): see ``batch._daemon``.
+DAEMON_MODULE = "batch._daemon"
+
+
+def importable(python: str, module: str) -> bool:
+    """Whether ``python``, started from here as Spark starts its daemon (this directory, this environment),
+    finds ``module``. A session whose workers could not import it keeps PySpark's own daemon, so that its
+    other Python UDFs still run."""
+    check = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    try:
+        return subprocess.run([python, "-c", check], cwd=os.getcwd(), env=os.environ, capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
 
 def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
                   app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
     """A classic Spark session for a laptop: ``master`` (``local[*]``), a Hive warehouse of Parquet tables in
-    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top. Workers run this Python.
+    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top. Workers run this Python
+    and start from ``batch._daemon`` where that Python can import it (``extra`` may name another
+    ``spark.python.daemon.module``).
 
     Raises ConfigError in a Spark Connect client (``sc://`` master, ``$SPARK_REMOTE``): use
     ``SparkSession.builder.remote(...)`` there.
@@ -46,7 +65,11 @@ def local_session(master: str = "local[*]", warehouse: str | Path = "spark-wareh
         builder = (builder.enableHiveSupport()
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={metastore};create=true"))
-    for key, value in (extra or {}).items():
+    extra = dict(extra or {})
+    python = extra.get("spark.pyspark.python") or os.environ["PYSPARK_PYTHON"]
+    if "spark.python.daemon.module" not in extra and importable(python, DAEMON_MODULE):
+        builder = builder.config("spark.python.daemon.module", DAEMON_MODULE)
+    for key, value in extra.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -111,7 +111,8 @@ def task_defaults(endpoints, monkeypatch):
 # ---------------------------------------------------------------- one job process, crashed mid-chunk
 
 def _pyspark_workers(session: int) -> list[int]:
-    """PySpark's forked Python workers in a process session: ``pyspark.daemon`` processes whose parent is one too."""
+    """PySpark's forked Python workers in a process session: daemon processes (``pyspark.daemon``, or
+    ``batch._daemon`` that runs it) whose parent is one too."""
     def stat(pid: str) -> list[str]:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -122,7 +123,8 @@ def _pyspark_workers(session: int) -> list[int]:
     def is_daemon(pid: str) -> bool:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return b"pyspark.daemon" in f.read()
+                command = f.read()
+                return b"pyspark.daemon" in command or b"batch._daemon" in command
         except OSError:
             return False
     daemons = {pid for pid in os.listdir("/proc") if pid.isdigit() and (stat(pid) or [0] * 4)[3] == str(session)

@@ -209,6 +209,7 @@ class ConnectServer:
             "spark.sql.shuffle.partitions": "4",
             "spark.sql.warehouse.dir": str(self.warehouse),
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={self.workdir}",
+            "spark.python.daemon.module": "batch._daemon",  # PySpark is pip-installed here: docs/cluster.md
             **(conf or {}),
         }
         self.env = spark_env(self.workdir, {"SPARK_LOG_DIR": str(self.workdir / "logs"),

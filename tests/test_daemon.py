@@ -1,0 +1,63 @@
+"""``batch._daemon``: Python workers import a pip-installed PySpark from its files, not from the zip Spark adds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batch._daemon import installed_copy
+from batch._session import DAEMON_MODULE, importable
+
+
+def _pip_layout(site: Path, py4j: str = "0.10.9.9") -> tuple[str, str]:
+    lib = site / "pyspark" / "python" / "lib"
+    lib.mkdir(parents=True)
+    (site / "pyspark" / "__init__.py").write_text("")
+    (site / f"py4j-{py4j}.dist-info").mkdir()
+    return str(lib / "pyspark.zip"), str(lib / "py4j-0.10.9.9-src.zip")
+
+
+def test_the_zips_of_a_pip_installed_pyspark_are_its_own_copies(tmp_path):
+    site = tmp_path / "site-packages"
+    pyspark_zip, py4j_zip = _pip_layout(site)
+    path = [pyspark_zip, py4j_zip, "/usr/lib/python311.zip", str(site)]
+    assert [installed_copy(entry, path) for entry in path] == [True, True, False, False]
+
+
+def test_other_zips_stay_on_the_path(tmp_path):
+    site = tmp_path / "site-packages"
+    pyspark_zip, py4j_zip = _pip_layout(site, py4j="0.10.9.7")  # another py4j release beside the zip
+    assert installed_copy(pyspark_zip, [pyspark_zip, py4j_zip]) is False  # its unzipped twin is not on the path
+    assert installed_copy(py4j_zip, [pyspark_zip, py4j_zip, str(site)]) is False
+    distribution = tmp_path / "spark-4.0.0-bin-hadoop3" / "python" / "lib"  # SPARK_HOME of a Spark download
+    distribution.mkdir(parents=True)
+    for name in ("pyspark.zip", "py4j-0.10.9.9-src.zip"):
+        assert installed_copy(str(distribution / name), [str(distribution / name), str(tmp_path)]) is False
+    shipped = tmp_path / "work" / "deps.zip"  # --py-files
+    assert installed_copy(str(shipped), [str(shipped), str(site)]) is False
+
+
+def test_the_daemon_is_set_only_where_the_workers_python_finds_it():
+    assert importable(sys.executable, DAEMON_MODULE)
+    assert not importable(sys.executable, "batch._no_such_module")
+    assert not importable("/nonexistent/python", DAEMON_MODULE)
+
+
+@pytest.mark.spark
+def test_python_workers_import_pyspark_from_its_files(spark):
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")
+    def origin(ids: pd.Series) -> pd.Series:
+        import pyspark
+        zips = [entry for entry in sys.path if entry.endswith(("pyspark.zip", "-src.zip"))]
+        return pd.Series([f"{pyspark.__file__}|{zips}"] * len(ids))
+
+    assert spark.conf.get("spark.python.daemon.module") == DAEMON_MODULE
+    found, zips = spark.range(4, numPartitions=2).select(origin("id")).first()[0].split("|")
+    import pyspark
+    assert found == pyspark.__file__ and ".zip" not in found  # the driver's own copy, bytecode cached
+    assert zips == "[]"
