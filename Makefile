@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-real llama-server browser lint test bench clean
+.PHONY: install demo demo-real llama-server browser jvm-archive lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,12 +34,17 @@ browser:
 	    { apt-get update -qq >/dev/null 2>&1 && \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || true
 
+# A class-data archive of Spark's driver classes for the suite's JVMs, built once per machine into
+# ~/.cache/spark-ai-query (tests/jvm_archive.py); never fails the build (the JVMs then start without it).
+jvm-archive: $(STAMP)
+	-$(PY) tests/jvm_archive.py
+
 # ruff and mypy, as configured in pyproject.toml; both must be clean
 lint: $(STAMP)
 	$(PY) -m ruff check batch jobs tests benchmarks
 	$(PY) -m mypy
 
-test: $(STAMP) lint llama-server browser
+test: $(STAMP) lint llama-server browser jvm-archive
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -38,7 +38,8 @@ def importable(python: str, module: str) -> bool:
 def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
                   app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
     """A classic Spark session for a laptop: ``master`` (``local[*]``), a Hive warehouse of Parquet tables in
-    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top. Workers run this Python
+    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top (its
+    ``spark.driver.extraJavaOptions`` added to the one that keeps Derby's files there). Workers run this Python
     and start from ``batch._daemon`` where that Python can import it (``extra`` may name another
     ``spark.python.daemon.module``).
 
@@ -58,14 +59,16 @@ def local_session(master: str = "local[*]", warehouse: str | Path = "spark-wareh
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "4")
-               .config("spark.sql.warehouse.dir", str(warehouse))
-               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}"))
+               .config("spark.sql.warehouse.dir", str(warehouse)))
     if hive:
         metastore = warehouse / "metastore_db"
         builder = (builder.enableHiveSupport()
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={metastore};create=true"))
     extra = dict(extra or {})
+    # Derby writes its log and a metastore it makes by default beside the warehouse, not in the working directory
+    extra["spark.driver.extraJavaOptions"] = " ".join(
+        filter(None, (f"-Dderby.system.home={warehouse}", extra.get("spark.driver.extraJavaOptions"))))
     python = extra.get("spark.pyspark.python") or os.environ["PYSPARK_PYTHON"]
     if "spark.python.daemon.module" not in extra and importable(python, DAEMON_MODULE):
         builder = builder.config("spark.python.daemon.module", DAEMON_MODULE)
