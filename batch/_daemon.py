@@ -5,14 +5,14 @@ that run UDFs. It puts ``$SPARK_HOME/python/lib/pyspark.zip`` and py4j's source 
 path. Where PySpark was installed by pip, ``SPARK_HOME`` is the installed package itself, so those zips
 are a second copy of files that are also on the path unzipped, with their bytecode cached. Python never
 caches bytecode for a zip: imported from it, every daemon and every worker compiles PySpark's modules
-from source again: on a 2-core machine, a pandas UDF that calls nothing took 1.5 to 2.6 s in a new
-Spark application, against 0.8 to 1.5 s without the zips (``docs/cluster.md``).
+from source again, which doubled a new application's start of a pandas UDF (``docs/cluster.md``).
 
 Run as ``python -m batch._daemon``, this drops from ``sys.path`` each zip that is the installed
 package's own copy (same place, same release), leaves every other entry as it was (a Spark
 distribution's zips, ``--py-files``), and then runs PySpark's daemon as if Spark had started it.
 It imports nothing but the standard library before the fork, as PySpark's daemon requires (no
-thread may run when it forks). ``batch._session.local_session`` sets it where its Python can import it.
+thread may run when it forks). ``batch._session.local_session`` sets it for a local master whose Python
+can import it.
 """
 
 from __future__ import annotations

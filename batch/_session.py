@@ -2,8 +2,8 @@
 
 ``local[*]`` with a warehouse directory and Spark's Hive support (embedded Derby
 metastore, Parquet tables), all from PySpark's own jars. Workers run this same
-Python, so a virtualenv works without setting ``PYSPARK_PYTHON`` by hand, and start from
-``batch._daemon``, which imports a pip-installed PySpark from its files rather than its zip.
+Python, so a virtualenv works without setting ``PYSPARK_PYTHON`` by hand, and on a local master
+start from ``batch._daemon``, which imports a pip-installed PySpark from its files, not its zip.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
 from .errors import ConfigError
 
-__all__ = ["local_session"]
+__all__ = ["local_session", "settings"]
 
 #: The module Spark runs to start its Python workers (``spark.python.daemon.module``): see ``batch._daemon``.
 DAEMON_MODULE = "batch._daemon"
@@ -35,13 +36,27 @@ def importable(python: str, module: str) -> bool:
         return False
 
 
+def settings(master: str, warehouse: Path, extra: Mapping[str, str], python: str) -> dict[str, str]:
+    """``extra`` with what ``local_session`` adds to it: Derby's home in ``warehouse``, before any driver Java
+    options ``extra`` gives; and, for a ``local`` master whose workers' ``python`` finds it, ``batch._daemon``
+    as the daemon module, unless ``extra`` names one or turns the daemon off. On a cluster the nodes decide
+    what their Python can import (a ``--py-files`` zip is added only after a worker starts), so it is left to
+    ``--conf`` there (``docs/cluster.md``)."""
+    out = dict(extra)
+    out["spark.driver.extraJavaOptions"] = " ".join(
+        filter(None, (f"-Dderby.system.home={warehouse}", extra.get("spark.driver.extraJavaOptions"))))
+    if (master.startswith("local") and "spark.python.daemon.module" not in extra
+            and extra.get("spark.python.use.daemon", "true").strip().lower() != "false"
+            and importable(python, DAEMON_MODULE)):
+        out["spark.python.daemon.module"] = DAEMON_MODULE
+    return out
+
+
 def local_session(master: str = "local[*]", warehouse: str | Path = "spark-warehouse", *,
                   app_name: str = "ai-query", hive: bool = True, extra: dict[str, str] | None = None) -> SparkSession:
     """A classic Spark session for a laptop: ``master`` (``local[*]``), a Hive warehouse of Parquet tables in
-    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top (its
-    ``spark.driver.extraJavaOptions`` added to the one that keeps Derby's files there). Workers run this Python
-    and start from ``batch._daemon`` where that Python can import it (``extra`` may name another
-    ``spark.python.daemon.module``).
+    ``warehouse`` (made if missing), Spark's UI off, ``extra`` Spark settings on top (see ``settings``).
+    Workers run this Python and, for a ``local`` master, start from ``batch._daemon`` where it can import it.
 
     Raises ConfigError in a Spark Connect client (``sc://`` master, ``$SPARK_REMOTE``): use
     ``SparkSession.builder.remote(...)`` there.
@@ -65,14 +80,9 @@ def local_session(master: str = "local[*]", warehouse: str | Path = "spark-wareh
         builder = (builder.enableHiveSupport()
                    .config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={metastore};create=true"))
-    extra = dict(extra or {})
-    # Derby writes its log and a metastore it makes by default beside the warehouse, not in the working directory
-    extra["spark.driver.extraJavaOptions"] = " ".join(
-        filter(None, (f"-Dderby.system.home={warehouse}", extra.get("spark.driver.extraJavaOptions"))))
+    extra = extra or {}
     python = extra.get("spark.pyspark.python") or os.environ["PYSPARK_PYTHON"]
-    if "spark.python.daemon.module" not in extra and importable(python, DAEMON_MODULE):
-        builder = builder.config("spark.python.daemon.module", DAEMON_MODULE)
-    for key, value in extra.items():
+    for key, value in settings(master, warehouse, extra, python).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -24,8 +24,8 @@ os.environ.setdefault(TOKEN_ENV, "aiq-test-" + secrets.token_hex(12))
 # jobs on few cores, where the quick compiler alone and a serial collector cost less CPU (tests/test_spend.py
 # and tests/test_bad_input.py took 147 CPU seconds with them, 207 without); and a driver starts from the
 # class-data archive `make test` builds once per machine, where there is one (tests/jvm_archive.py).
-os.environ.setdefault("JDK_JAVA_OPTIONS", QUICK_JVM + jvm_archive.options(jvm_archive.archive()) if JAVA
-                      else QUICK_JVM)
+if "JDK_JAVA_OPTIONS" not in os.environ:
+    os.environ["JDK_JAVA_OPTIONS"] = QUICK_JVM + (jvm_archive.options(jvm_archive.archive()) if JAVA else "")
 
 
 # Fixtures that start a JVM in this process or in a job process: a test that uses one is a Spark test.

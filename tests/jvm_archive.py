@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs.llama import cache_dir  # noqa: E402  (the project's one cache outside the checkout)
+from support import QUICK_JVM  # noqa: E402
 
 __all__ = ["archive", "options", "build"]
 
@@ -52,8 +53,9 @@ def archive() -> Path | None:
 
 
 def options(path: Path | None) -> str:
-    """JVM options that start from ``path`` where it exists, else nothing."""
-    if path is None or not path.is_file():
+    """JVM options that start from ``path`` where it exists, else nothing (also for a path with a space:
+    ``JDK_JAVA_OPTIONS`` is split at spaces)."""
+    if path is None or not path.is_file() or any(c.isspace() for c in str(path)):
         return ""
     return f" -XX:SharedArchiveFile={path} -Xshare:auto -Xlog:cds=off,cds+dynamic=off"
 
@@ -95,8 +97,9 @@ def build() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         dumped = Path(scratch) / path.name
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("JDK_JAVA_OPTIONS", None)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), JDK_JAVA_OPTIONS=QUICK_JVM)  # as the suite's JVMs run
+        # The driver JVM writes the archive as it exits, after this Python stops it; it holds the captured
+        # output open until then, so run() returns once the file is whole.
         done = subprocess.run([sys.executable, "-c", _WORKLOAD, str(dumped)], cwd=scratch, env=env,
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not dumped.is_file():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from batch._daemon import installed_copy
-from batch._session import DAEMON_MODULE, importable
+from batch._session import DAEMON_MODULE, importable, settings
 
 
 def _pip_layout(site: Path, py4j: str = "0.10.9.9") -> tuple[str, str]:
@@ -44,6 +44,26 @@ def test_the_daemon_is_set_only_where_the_workers_python_finds_it():
     assert importable(sys.executable, DAEMON_MODULE)
     assert not importable(sys.executable, "batch._no_such_module")
     assert not importable("/nonexistent/python", DAEMON_MODULE)
+
+
+DAEMON = {"spark.python.daemon.module": DAEMON_MODULE}
+DERBY = {"spark.driver.extraJavaOptions": "-Dderby.system.home=/wh"}
+
+
+@pytest.mark.parametrize("master, extra, python, added", [
+    ("local[2]", {}, sys.executable, {**DERBY, **DAEMON}),
+    ("local-cluster[2,1,1024]", {}, sys.executable, {**DERBY, **DAEMON}),
+    ("local[*]", {}, "/nonexistent/python", DERBY),  # its workers could not start the daemon
+    ("spark://10.0.0.1:7077", {}, sys.executable, DERBY),  # the nodes decide: --conf there
+    ("yarn", {}, sys.executable, DERBY),
+    ("local[2]", {"spark.python.daemon.module": "mine"}, sys.executable,
+     {**DERBY, "spark.python.daemon.module": "mine"}),
+    ("local[2]", {"spark.python.use.daemon": "False"}, sys.executable, {**DERBY, "spark.python.use.daemon": "False"}),
+    ("local[2]", {"spark.driver.extraJavaOptions": "-Xmx2g", "spark.x": "1"}, sys.executable,
+     {"spark.driver.extraJavaOptions": "-Dderby.system.home=/wh -Xmx2g", "spark.x": "1", **DAEMON}),
+])
+def test_local_session_settings(master, extra, python, added):
+    assert settings(master, Path("/wh"), extra, python) == added
 
 
 @pytest.mark.spark
