@@ -24,13 +24,31 @@ __all__ = ["local_session", "settings"]
 DAEMON_MODULE = "batch._daemon"
 
 
+def _daemon_start() -> tuple[str, dict[str, str]]:
+    """The directory and environment a local session's Python daemon starts in: the JVM's, which are this
+    process's when it is not running yet, and where it is (a session stopped and made again, perhaps after a
+    change of directory) those it started with."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return os.getcwd(), dict(os.environ)
+    system = gateway.jvm.java.lang.System
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    path = system.getenv("PYTHONPATH")
+    if path:
+        env["PYTHONPATH"] = path
+    return system.getProperty("user.dir"), env
+
+
 def importable(python: str, module: str) -> bool:
-    """Whether ``python``, started from here as Spark starts its daemon (this directory, this environment),
-    finds ``module``. A session whose workers could not import it keeps PySpark's own daemon, so that its
-    other Python UDFs still run."""
+    """Whether ``python``, started as Spark starts a local session's daemon (its JVM's directory and
+    ``PYTHONPATH``), finds ``module``. A session whose workers could not import it keeps PySpark's own
+    daemon, so that its other Python UDFs still run."""
     check = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
-        return subprocess.run([python, "-c", check], cwd=os.getcwd(), env=os.environ, capture_output=True,
+        cwd, env = _daemon_start()
+        return subprocess.run([python, "-c", check], cwd=cwd, env=env, capture_output=True,
                               timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
@@ -38,15 +56,16 @@ def importable(python: str, module: str) -> bool:
 
 def settings(master: str, warehouse: Path, extra: Mapping[str, str], python: str) -> dict[str, str]:
     """``extra`` with what ``local_session`` adds to it: Derby's home in ``warehouse``, before any driver Java
-    options ``extra`` gives; and, for a ``local`` master whose workers' ``python`` finds it, ``batch._daemon``
-    as the daemon module, unless ``extra`` names one or turns the daemon off. On a cluster the nodes decide
-    what their Python can import (a ``--py-files`` zip is added only after a worker starts), so it is left to
-    ``--conf`` there (``docs/cluster.md``)."""
+    options ``extra`` gives; and, for a ``local`` or ``local[N]`` master whose workers' ``python`` finds it,
+    ``batch._daemon`` as the daemon module, unless ``extra`` names one or turns the daemon off. Executors
+    of other masters (``local-cluster`` too) start in directories of their own, and a cluster's nodes decide
+    what their Python can import (a ``--py-files`` zip is added only after a worker starts), so it is left
+    to ``--conf`` there (``docs/cluster.md``)."""
     out = dict(extra)
     out["spark.driver.extraJavaOptions"] = " ".join(
         filter(None, (f"-Dderby.system.home={warehouse}", extra.get("spark.driver.extraJavaOptions"))))
-    if (master.startswith("local") and "spark.python.daemon.module" not in extra
-            and extra.get("spark.python.use.daemon", "true").strip().lower() != "false"
+    if ((master == "local" or master.startswith("local[")) and "spark.python.daemon.module" not in extra
+            and str(extra.get("spark.python.use.daemon", "true")).strip().lower() != "false"
             and importable(python, DAEMON_MODULE)):
         out["spark.python.daemon.module"] = DAEMON_MODULE
     return out

@@ -52,13 +52,15 @@ DERBY = {"spark.driver.extraJavaOptions": "-Dderby.system.home=/wh"}
 
 @pytest.mark.parametrize("master, extra, python, added", [
     ("local[2]", {}, sys.executable, {**DERBY, **DAEMON}),
-    ("local-cluster[2,1,1024]", {}, sys.executable, {**DERBY, **DAEMON}),
+    ("local", {}, sys.executable, {**DERBY, **DAEMON}),
+    ("local-cluster[2,1,1024]", {}, sys.executable, DERBY),  # executors start in work directories of their own
     ("local[*]", {}, "/nonexistent/python", DERBY),  # its workers could not start the daemon
     ("spark://10.0.0.1:7077", {}, sys.executable, DERBY),  # the nodes decide: --conf there
     ("yarn", {}, sys.executable, DERBY),
     ("local[2]", {"spark.python.daemon.module": "mine"}, sys.executable,
      {**DERBY, "spark.python.daemon.module": "mine"}),
     ("local[2]", {"spark.python.use.daemon": "False"}, sys.executable, {**DERBY, "spark.python.use.daemon": "False"}),
+    ("local[2]", {"spark.python.use.daemon": False}, sys.executable, {**DERBY, "spark.python.use.daemon": False}),
     ("local[2]", {"spark.driver.extraJavaOptions": "-Xmx2g", "spark.x": "1"}, sys.executable,
      {"spark.driver.extraJavaOptions": "-Dderby.system.home=/wh -Xmx2g", "spark.x": "1", **DAEMON}),
 ])
@@ -81,3 +83,16 @@ def test_python_workers_import_pyspark_from_its_files(spark):
     import pyspark
     assert found == pyspark.__file__ and ".zip" not in found  # the driver's own copy, bytecode cached
     assert zips == "[]"
+
+
+@pytest.mark.spark
+def test_a_session_made_again_after_a_change_of_directory_checks_where_its_jvm_runs(spark, tmp_path, monkeypatch):
+    # The JVM, and the daemon it starts, keep the directory they started in: a module found only in the new
+    # working directory would not be found by the workers of a session made again.
+    from batch._session import _daemon_start
+    jvm_dir = spark.sparkContext._jvm.java.lang.System.getProperty("user.dir")
+    (tmp_path / "only_here_mod.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert _daemon_start()[0] == jvm_dir != str(tmp_path)
+    assert not importable(sys.executable, "only_here_mod")
+    assert importable(sys.executable, DAEMON_MODULE)
