@@ -8,8 +8,8 @@ Each loads and verifies thousands of classes from Spark's jars. A dynamic CDS ar
 
 ``python tests/jvm_archive.py`` (``make test`` runs it) dumps the archive from one driver that runs a
 small job through the job runner against ``batch.serve``, into the cache outside the checkout
-(``$SPARK_AI_QUERY_CACHE``, default ``~/.cache/spark-ai-query``), named for the JVM and PySpark it
-was made with. ``options()`` gives what ``conftest.py`` adds to every JVM of the suite when that
+(``$SPARK_AI_QUERY_CACHE``, default ``~/.cache/spark-ai-query``), named for the JVM, PySpark and the
+jars it was made with. ``options()`` gives what ``conftest.py`` adds to every JVM of the suite when that
 archive exists. A JVM whose build or class path does not match it (PySpark's own launcher, a
 cluster's daemons) starts as it would without: an unusable archive is never an error, and its
 warnings are turned off. Only the suite uses it; benchmarks measure what a user gets.
@@ -48,8 +48,12 @@ def archive() -> Path | None:
         return None
     from pyspark import __version__ as pyspark_version
     from pyspark.find_spark_home import _find_spark_home
-    key = hashlib.sha256(json.dumps([version.stderr, pyspark_version, _find_spark_home()]).encode()).hexdigest()
-    return cache_dir() / "jvm" / f"spark-{pyspark_version}-{key[:16]}.jsa"
+    home = _find_spark_home()
+    # The JVM refuses an archive whose jars changed since (a reinstalled virtualenv): their sizes and times count.
+    jars = sorted((jar.name, jar.stat().st_size, jar.stat().st_mtime_ns) for jar in Path(home, "jars").glob("*.jar"))
+    place = hashlib.sha256(home.encode()).hexdigest()[:8]
+    key = hashlib.sha256(json.dumps([version.stderr, pyspark_version, jars]).encode()).hexdigest()[:8]
+    return cache_dir() / "jvm" / f"spark-{pyspark_version}-{place}-{key}.jsa"
 
 
 def options(path: Path | None) -> str:
@@ -107,6 +111,9 @@ def build() -> int:
                   + done.stderr[-2000:])
             return 1
         os.replace(dumped, path)
+    for stale in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.jsa"):  # this PySpark's, of jars since replaced
+        if stale != path:
+            stale.unlink(missing_ok=True)
     print(f"jvm archive: {path} ({path.stat().st_size / 1e6:.0f} MB)")
     return 0
 
