@@ -65,7 +65,7 @@ def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     deliver(rate, clock, 10, 1.0)  # the first cap is a guess made while ramping up; a second one settles it
     deliver(rate, clock, 100, 1.0)
     clock.now += 1.0
-    deliver(rate, clock, 100, 0.5)
+    deliver(rate, clock, 100, 0.75)  # a new busy period: a 429 measures once a window of answers is in
     before = rate.rate
     rate.rate_limited()
     assert rate.cuts == 2 and rate.ceiling == pytest.approx(100, rel=0.05)
@@ -227,6 +227,29 @@ def test_a_kept_rate_is_checked_again_by_small_probes_not_a_search():
     steps = keep_up(rate, clock, 0.7)
     above = [step for step in steps if step > rate.ceiling]
     assert above and above[0] <= rate.ceiling * 1.011  # a first probe of 1%, then 2%, ...: not a 10% search
+
+
+def test_a_kept_rate_holds_through_the_first_window_of_a_new_busy_periods_answers():
+    clock, rate = measured_twice()
+    kept, cuts = rate.rate, rate.cuts
+    clock.now += 5.0
+    assert rate.restart() is False
+    deliver(rate, clock, kept, 0.3)
+    rate.rate_limited()  # the opening volley overran the server's burst: a ramp's answers measure no rate
+    assert rate.cuts == cuts and rate.rate >= kept
+    deliver(rate, clock, kept, 0.3)
+    before = rate.rate
+    rate.rate_limited()  # a whole window of answers is in: now a 429 cuts
+    assert rate.cuts == cuts + 1 and rate.rate < before
+
+
+def test_while_ramping_a_429_measures_the_last_tenth_of_a_second_not_a_lagging_window():
+    clock = Clock()
+    rate = AdaptiveRate(clock=clock)
+    deliver(rate, clock, 500, 0.3)
+    deliver(rate, clock, 1500, 0.2)  # the window delivered 900 a second, the last tenth 1,500
+    rate.rate_limited()
+    assert rate.rate == pytest.approx(law.CUT * 1500, rel=0.05)  # not CUT * 900
 
 
 @pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [

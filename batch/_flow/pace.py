@@ -32,6 +32,10 @@ PEAK_HALF_LIFE = 30.0
 LAYOUT = 9.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
+#: Slots of the shortest span a delivered rate is measured over while ramping up (``interval`` seconds)...
+RAMP_SLOTS = 5
+#: ...when it holds this many answers: one more or less in the span then moves the rate by a percent.
+RAMP_SAMPLES = 100
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
 FLUSH = 0.005
 #: After a quiet spell a rate learned from 429s is kept this long (a second job right after the first
@@ -237,12 +241,21 @@ class LearnedRate:
             rate = v[RATE]
             # A rate needs enough answers over long enough: the first answers of a busy period come in
             # one clump, a round trip after the opening volley, and say nothing about a rate.
-            measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and now - v[FIRST_DONE] >= self.interval
+            answering = now - v[FIRST_DONE]
+            if rate and v[MEASURED] and answering < self.window:
+                # A rate measured before (a second job, or after a pause) is kept through the first window of
+                # answers: a 429 then is the opening volley overrunning the server's burst, and what those few
+                # answers deliver is a ramp, not a rate (cutting to it halved a warm start).
+                return
+            measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and answering >= self.interval
             if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
                 return  # nothing to learn from yet: the server's Retry-After pause is the answer
             v[LAST_CUT], v[STREAK] = now, 0.0
             if measured:
                 delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
+                if v[MEASURED] < 2 and self._recent(DONE_RING, now, RAMP_SLOTS) >= RAMP_SAMPLES:
+                    # ramping up, a window's answers lag the rate; the last ``interval``'s lag it less
+                    delivered = max(delivered, self._rate_of(DONE_RING, FIRST_DONE, now, RAMP_SLOTS))
                 v[CEILING] = delivered
                 v[MEASURED] += 1
                 v[MEASURING_UNTIL], v[RATE_REFUSED] = now + self.window, rate or delivered
@@ -358,24 +371,24 @@ class LearnedRate:
             v[cell], v[cell + 1] = epoch, 0.0
         v[cell + 1] += events
 
-    def _recent(self, ring: int, now: float) -> float:
-        """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
+    def _recent(self, ring: int, now: float, slots: int = SLOTS) -> float:
+        """Events in the current slot and the ``slots`` before it: by default the last window and a bit."""
         v = self.v
         epoch = now // self.slot
         total = 0.0
-        for back in range(SLOTS + 1):
+        for back in range(slots + 1):
             stamp = epoch - back
             cell = ring + 2 * int(stamp % (SLOTS + 1))
             if v[cell] == stamp:
                 total += v[cell + 1]
         return total
 
-    def _rate_of(self, ring: int, first: int, now: float) -> float:
+    def _rate_of(self, ring: int, first: int, now: float, slots: int = SLOTS) -> float:
         if self.v[first] == NEVER:
             return 0.0
-        counted = self.window + now % self.slot  # what ``_recent`` covers
+        counted = slots * self.slot + now % self.slot  # what ``_recent`` covers
         # Early on the window is not full yet: dividing by all of it would understate the rate.
-        return self._recent(ring, now) / max(min(counted, now - self.v[first]), self.interval)
+        return self._recent(ring, now, slots) / max(min(counted, now - self.v[first]), self.interval)
 
     def _peak(self, delivered: float, now: float) -> float:
         """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
