@@ -29,13 +29,9 @@ MIN_SAMPLES = 20
 #: The best delivered rate fades by half every this many seconds (``law.KEEP_OF_PEAK`` reads it).
 PEAK_HALF_LIFE = 30.0
 #: Bumped when the cells below change meaning, so a file laid out by another version starts afresh.
-LAYOUT = 9.0
+LAYOUT = 10.0
 #: A window of counts is kept in this many slots.
 SLOTS = 25
-#: Slots of the shortest span a delivered rate is measured over while ramping up (``interval`` seconds)...
-RAMP_SLOTS = 5
-#: ...when it holds this many answers: one more or less in the span then moves the rate by a percent.
-RAMP_SAMPLES = 100
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
 FLUSH = 0.005
 #: After a quiet spell a rate learned from 429s is kept this long (a second job right after the first
@@ -50,12 +46,13 @@ HOLD_WINDOWS = 3.0
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet. Until MEASURING_UNTIL, the
 # answers of requests sent before the last 429 raise its CEILING, up to RATE_REFUSED, the rate it came at.
-# WINDOW is the length of the window whose budget was spread (0: none seen), PROBED_AT the last step above a cap.
+# WINDOW is the length of the window whose budget was spread (0: none seen), PROBED_AT the last step above a cap,
+# KEPT_AT when a new busy period kept the rate of the one before (until its first window of answers is in).
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
  FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
  HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT, MEASURING_UNTIL, RATE_REFUSED, WINDOW,
- PROBED_AT) = range(31)
-DONE_RING = 31
+ PROBED_AT, KEPT_AT) = range(32)
+DONE_RING = 32
 SENT_RING = DONE_RING + 2 * (SLOTS + 1)
 SIZE = SENT_RING + 2 * (SLOTS + 1)
 NEVER = float("-inf")
@@ -89,7 +86,7 @@ class LearnedRate:
         v = self.v
         self.slab.clear()
         for i in (CHECKED, LAST_CHANGE, LAST_CUT, FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, STORM_AT, RESUMED_AT,
-                  REFUSED_SENT, MEASURING_UNTIL, PROBED_AT):
+                  REFUSED_SENT, MEASURING_UNTIL, PROBED_AT, KEPT_AT):
             v[i] = NEVER
         v[VERSION] = LAYOUT
 
@@ -156,7 +153,7 @@ class LearnedRate:
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
                 if quiet > self.window:  # the host was quiet too: the last storm was another job's
-                    v[STREAK], v[STORM_AT] = 0.0, NEVER
+                    v[STREAK], v[STORM_AT], v[KEPT_AT] = 0.0, NEVER, now
                 return False
             self._reset()
             return True
@@ -242,20 +239,19 @@ class LearnedRate:
             # A rate needs enough answers over long enough: the first answers of a busy period come in
             # one clump, a round trip after the opening volley, and say nothing about a rate.
             answering = now - v[FIRST_DONE]
-            if rate and v[MEASURED] and answering < self.window:
-                # A rate measured before (a second job, or after a pause) is kept through the first window of
-                # answers: a 429 then is the opening volley overrunning the server's burst, and what those few
-                # answers deliver is a ramp, not a rate (cutting to it halved a warm start).
-                return
+            if v[KEPT_AT] != NEVER:
+                if rate and (v[FIRST_DONE] < v[KEPT_AT] or answering < self.window):
+                    # A rate kept from the last job holds through the first window of this one's answers: a 429
+                    # then is the opening volley overrunning the server's burst, and what a ramp delivers is no
+                    # rate (cutting to it halved warm starts against a concurrency cap).
+                    return
+                v[KEPT_AT] = NEVER
             measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and answering >= self.interval
             if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
                 return  # nothing to learn from yet: the server's Retry-After pause is the answer
             v[LAST_CUT], v[STREAK] = now, 0.0
             if measured:
                 delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
-                if v[MEASURED] < 2 and self._recent(DONE_RING, now, RAMP_SLOTS) >= RAMP_SAMPLES:
-                    # ramping up, a window's answers lag the rate; the last ``interval``'s lag it less
-                    delivered = max(delivered, self._rate_of(DONE_RING, FIRST_DONE, now, RAMP_SLOTS))
                 v[CEILING] = delivered
                 v[MEASURED] += 1
                 v[MEASURING_UNTIL], v[RATE_REFUSED] = now + self.window, rate or delivered
@@ -280,6 +276,7 @@ class LearnedRate:
         self.slab.lock()
         try:
             self._flush(now)
+            v[KEPT_AT] = NEVER  # a storm says the kept rate is wrong: its 429s cut it
             if now - v[STORM_AT] < STORM_GAP:
                 return  # the same storm, seen by another worker
             delivered = self._rate_of(DONE_RING, FIRST_DONE, now)
@@ -371,24 +368,24 @@ class LearnedRate:
             v[cell], v[cell + 1] = epoch, 0.0
         v[cell + 1] += events
 
-    def _recent(self, ring: int, now: float, slots: int = SLOTS) -> float:
-        """Events in the current slot and the ``slots`` before it: by default the last window and a bit."""
+    def _recent(self, ring: int, now: float) -> float:
+        """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
         v = self.v
         epoch = now // self.slot
         total = 0.0
-        for back in range(slots + 1):
+        for back in range(SLOTS + 1):
             stamp = epoch - back
             cell = ring + 2 * int(stamp % (SLOTS + 1))
             if v[cell] == stamp:
                 total += v[cell + 1]
         return total
 
-    def _rate_of(self, ring: int, first: int, now: float, slots: int = SLOTS) -> float:
+    def _rate_of(self, ring: int, first: int, now: float) -> float:
         if self.v[first] == NEVER:
             return 0.0
-        counted = slots * self.slot + now % self.slot  # what ``_recent`` covers
+        counted = self.window + now % self.slot  # what ``_recent`` covers
         # Early on the window is not full yet: dividing by all of it would understate the rate.
-        return self._recent(ring, now, slots) / max(min(counted, now - self.v[first]), self.interval)
+        return self._recent(ring, now) / max(min(counted, now - self.v[first]), self.interval)
 
     def _peak(self, delivered: float, now: float) -> float:
         """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
