@@ -102,6 +102,15 @@ def peak_rss_mb(pids: list[int]) -> float:
     return peak
 
 
+def core_speed() -> float:
+    """CPU seconds of a fixed pure-Python loop: per-request CPU figures scale with it from machine to machine."""
+    started = time.process_time()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.process_time() - started
+
+
 RATE = 1000          # the cap: requests per second (or what the profile's own unit allows at that rate)
 LATENCY_MS = 100
 WINDOW_S = 5.0       # the window profile's window, shorter than a minute so a run spans several
@@ -492,7 +501,8 @@ def main() -> None:
     if unknown or set(profiles) - set(PROFILES):
         parser.error(f"choose scenarios from {', '.join(SCENARIOS)} and profiles from {', '.join(PROFILES)}")
     bench = Bench(args.quick, profiles, args.trace)
-    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2], load {os.getloadavg()[0]:.1f}")
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, local[2], load {os.getloadavg()[0]:.1f}, "
+          f"one core's speed: {core_speed():.2f} s for 10M additions in a Python loop")
     for name in args.scenarios or SCENARIOS:
         print(f"{name}:", flush=True)
         getattr(bench, name)()
