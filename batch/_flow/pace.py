@@ -140,9 +140,10 @@ class LearnedRate:
         A rate the endpoint stated is kept for ``STATED_TTL`` after the host's last request, one learned
         from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate keeps how often
         it was measured, so one measured twice is checked again by probing from the first small step: a
-        search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it.
-        A window's budget rate held by ``resumed`` stays held for the windows left of its hold: it is the
-        endpoint's budget, not the last job's.
+        search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it,
+        and no 429 cuts it before a window of the new job's answers is in, unless a storm comes first
+        (``rate_limited``). A window's budget rate held by ``resumed`` stays held for the windows left of
+        its hold: it is the endpoint's budget, not the last job's.
         True when forgotten.
         """
         v = self.v
