@@ -51,7 +51,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 test: $(STAMP) lint bytecode llama-server browser jvm-archive
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/client_transport.py
