@@ -247,6 +247,14 @@ def test_a_kept_rate_holds_through_the_first_window_of_a_new_busy_periods_answer
     rate.storm()  # most answers refused: the kept rate is wrong, and its 429s cut it at once
     rate.rate_limited()
     assert rate.cuts == cuts + 2
+    clock.now += 5.0
+    rate.restart()
+    clock.now += 3.0  # no answer in the opening (a slow endpoint, or every request refused): the hold has lapsed
+    for _ in range(60):
+        clock.now += 0.015
+        rate.sent()
+    rate.rate_limited()
+    assert rate.cuts == cuts + 3
 
 
 @pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [

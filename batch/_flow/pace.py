@@ -41,13 +41,16 @@ LEARNED_TTL = 60.0
 STATED_TTL = 600.0
 #: Seconds within which storms seen by several workers are one storm.
 STORM_GAP = 1.0
+#: Seconds at most after a new busy period kept the last one's rate that no 429 cuts it (``rate_limited``): its
+#: opening volley, whose answers come a latency after the start; the hold ends sooner, a window after them.
+KEPT_HOLD = 2.0
 #: A budget spread over its window (``resumed``) is held, unprobed, for this many windows.
 HOLD_WINDOWS = 3.0
 
 # Cells of the slab. Times are ``clock()`` readings; RATE 0 means no pace yet. Until MEASURING_UNTIL, the
 # answers of requests sent before the last 429 raise its CEILING, up to RATE_REFUSED, the rate it came at.
 # WINDOW is the length of the window whose budget was spread (0: none seen), PROBED_AT the last step above a cap,
-# KEPT_AT when a new busy period kept the rate of the one before (until its first window of answers is in).
+# KEPT_AT when a new busy period kept the rate of the one before (NEVER once its opening is over, see KEPT_HOLD).
 (VERSION, RATE, BURST, NEXT, CEILING, CUTS, MEASURED, STREAK, BEST, BEST_AT, LAST_CHANGE, LAST_CUT,
  FIRST_DONE, LAST_DONE, FIRST_SENT, LAST_SENT, SENT_SINCE, CHECKED, STATED, DONE_TOTAL, STORM_AT, STORM_DELIVERED,
  HOLD_UNTIL, RESUMED_AT, RESUMED_DONE, FROM_START, REFUSED_SENT, MEASURING_UNTIL, RATE_REFUSED, WINDOW,
@@ -141,8 +144,8 @@ class LearnedRate:
         from 429s for ``LEARNED_TTL``; older, the endpoint is learned afresh. A kept rate keeps how often
         it was measured, so one measured twice is checked again by probing from the first small step: a
         search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it,
-        and no 429 cuts it before a window of the new job's answers is in, unless a storm comes first
-        (``rate_limited``). A window's budget rate held by ``resumed`` stays held for the windows left of
+        and no 429 cuts it before a window of the new job's answers is in (``KEPT_HOLD`` at most), unless
+        a storm comes first (``storm``). A window's budget rate held by ``resumed`` stays held for the windows left of
         its hold: it is the endpoint's budget, not the last job's.
         True when forgotten.
         """
@@ -241,12 +244,14 @@ class LearnedRate:
             # one clump, a round trip after the opening volley, and say nothing about a rate.
             answering = now - v[FIRST_DONE]
             if v[KEPT_AT] != NEVER:
-                if rate and (v[FIRST_DONE] < v[KEPT_AT] or answering < self.window):
-                    # A rate kept from the last job holds through the first window of this one's answers: a 429
-                    # then is the opening volley overrunning the server's burst, and what a ramp delivers is no
-                    # rate (cutting to it halved warm starts against a concurrency cap).
-                    return
-                v[KEPT_AT] = NEVER
+                # A rate kept from the last job holds through the first window of this one's answers: a 429 then
+                # is the opening volley overrunning the server's burst, and what a ramp delivers is no rate
+                # (cutting to it halved warm starts against a concurrency cap).
+                if now - v[KEPT_AT] < KEPT_HOLD and (v[FIRST_DONE] < v[KEPT_AT] or answering < self.window):
+                    if rate:
+                        return
+                else:
+                    v[KEPT_AT] = NEVER
             measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and answering >= self.interval
             if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
                 return  # nothing to learn from yet: the server's Retry-After pause is the answer
