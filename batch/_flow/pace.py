@@ -145,8 +145,8 @@ class LearnedRate:
         it was measured, so one measured twice is checked again by probing from the first small step: a
         search (``law.SEARCH_RAMPING``) from a rate that was the cap a moment ago would only overrun it,
         and no 429 cuts it before a window of the new job's answers is in (``KEPT_HOLD`` at most), unless
-        a storm comes first (``storm``). A window's budget rate held by ``resumed`` stays held for the windows left of
-        its hold: it is the endpoint's budget, not the last job's.
+        a storm comes first (``storm``). A window's budget rate held by ``resumed`` stays held for the
+        windows left of its hold: it is the endpoint's budget, not the last job's.
         True when forgotten.
         """
         v = self.v
@@ -247,11 +247,11 @@ class LearnedRate:
                 # A rate kept from the last job holds through the first window of this one's answers: a 429 then
                 # is the opening volley overrunning the server's burst, and what a ramp delivers is no rate
                 # (cutting to it halved warm starts against a concurrency cap).
-                if now - v[KEPT_AT] < KEPT_HOLD and (v[FIRST_DONE] < v[KEPT_AT] or answering < self.window):
-                    if rate:
-                        return
-                else:
+                opening = now - v[KEPT_AT] < KEPT_HOLD and (v[FIRST_DONE] < v[KEPT_AT] or answering < self.window)
+                if not opening:
                     v[KEPT_AT] = NEVER
+                elif rate:
+                    return
             measured = self._recent(DONE_RING, now) >= MIN_SAMPLES and answering >= self.interval
             if not (measured or rate) and self._recent(SENT_RING, now) < MIN_SAMPLES:
                 return  # nothing to learn from yet: the server's Retry-After pause is the answer
