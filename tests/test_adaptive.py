@@ -63,9 +63,7 @@ def test_a_burst_of_429s_is_one_cut():
 def test_climbs_back_to_the_last_cap_then_probes_above_it_in_growing_steps():
     clock, rate = cut_after(100)
     deliver(rate, clock, 10, 1.0)  # the first cap is a guess made while ramping up; a second one settles it
-    deliver(rate, clock, 100, 1.0)
-    clock.now += 1.0
-    deliver(rate, clock, 100, 0.5)
+    deliver(rate, clock, 100, 1.5)
     before = rate.rate
     rate.rate_limited()
     assert rate.cuts == 2 and rate.ceiling == pytest.approx(100, rel=0.05)
@@ -249,12 +247,28 @@ def test_a_kept_rate_holds_through_the_first_window_of_a_new_busy_periods_answer
     assert rate.cuts == cuts + 2
     clock.now += 5.0
     rate.restart()
-    clock.now += 3.0  # no answer in the opening (a slow endpoint, or every request refused): the hold has lapsed
-    for _ in range(60):
-        clock.now += 0.015
+    for _ in range(140):  # no answer in the opening (a slow endpoint, or every request refused): after
+        clock.now += 0.015  # two seconds of it the hold has lapsed
         rate.sent()
     rate.rate_limited()
     assert rate.cuts == cuts + 3
+
+
+def test_a_job_that_follows_within_a_second_is_a_new_busy_period_and_its_opening_volley_is_held():
+    """No ``restart`` (less than ``IDLE_RESTART`` of quiet), but more than a window with nothing sent or answered."""
+    clock, rate = measured_twice()
+    kept, cuts = rate.rate, rate.cuts
+    clock.now += 1.0
+    deliver(rate, clock, kept, 0.3)
+    rate.rate_limited()  # the new job's opening volley: its ramp's answers measure no rate
+    assert rate.cuts == cuts and rate.rate >= kept
+    deliver(rate, clock, kept, 0.3)
+    rate.rate_limited()
+    assert rate.cuts == cuts + 1
+    clock.now += 0.2  # a short gap inside a job is no new busy period: its 429 cuts
+    deliver(rate, clock, rate.rate, 0.6)
+    rate.rate_limited()
+    assert rate.cuts == cuts + 2
 
 
 @pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [

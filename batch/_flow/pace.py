@@ -157,7 +157,7 @@ class LearnedRate:
             quiet = now - max(v[LAST_SENT], v[LAST_DONE])
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
                 if quiet > self.window:  # the host was quiet too: the last storm was another job's
-                    v[STREAK], v[STORM_AT], v[KEPT_AT] = 0.0, NEVER, now
+                    v[STREAK], v[STORM_AT] = 0.0, NEVER
                 return False
             self._reset()
             return True
@@ -349,6 +349,10 @@ class LearnedRate:
         """Add the counts this worker kept to itself to the shared cells."""
         v = self.v
         if self._sent:
+            if v[RATE] and not self._done and now - max(v[LAST_SENT], v[LAST_DONE]) > self.window:
+                # A new busy period at a rate kept from the last (a job that follows another within a second or
+                # two is one too, whether or not ``restart`` was called): its opening volley is held (``KEPT_HOLD``).
+                v[KEPT_AT] = now
             if now - v[LAST_SENT] > self.window:
                 v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
                 # and its start stands for a window's turn until one is seen: the quiet before it spent nothing
