@@ -80,7 +80,7 @@ class LearnedRate:
         self.slab.lock()
         try:
             # A file from another layout, or from before a reboot (the clock went back), is started afresh.
-            if self.v[VERSION] != LAYOUT or max(self.v[LAST_SENT], self.v[LAST_DONE]) > now:
+            if self.v[VERSION] != LAYOUT or self._quiet(now) < 0:
                 self._reset()
         finally:
             self.slab.unlock()
@@ -154,7 +154,7 @@ class LearnedRate:
         self.slab.lock()
         try:
             self._flush(now)
-            quiet = now - max(v[LAST_SENT], v[LAST_DONE])
+            quiet = self._quiet(now)
             if quiet <= (STATED_TTL if v[STATED] else LEARNED_TTL):
                 if quiet > self.window:  # the host was quiet too: the last storm was another job's
                     v[STREAK], v[STORM_AT] = 0.0, NEVER
@@ -349,7 +349,7 @@ class LearnedRate:
         """Add the counts this worker kept to itself to the shared cells."""
         v = self.v
         if self._sent:
-            if v[RATE] and not self._done and now - max(v[LAST_SENT], v[LAST_DONE]) > self.window:
+            if v[RATE] and not self._done and self._quiet(now) > self.window:
                 # A new busy period at a rate kept from the last (a job that follows another within a second or
                 # two is one too, whether or not ``restart`` was called): its opening volley is held (``KEPT_HOLD``).
                 v[KEPT_AT] = now
@@ -365,6 +365,10 @@ class LearnedRate:
             v[DONE_TOTAL] += self._done
             self._done = 0
         self._flushed = now
+
+    def _quiet(self, now: float) -> float:
+        """Seconds since the host last sent a request or had one answered (counts still in this worker aside)."""
+        return now - max(self.v[LAST_SENT], self.v[LAST_DONE])
 
     def _count(self, ring: int, first: int, last: int, now: float, events: int) -> None:
         """More events in ``ring``; after a quiet spell the new busy period is measured on its own."""
