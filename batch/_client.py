@@ -110,7 +110,7 @@ class EndpointClient:
         while True:
             await self.flow.admit(estimate)
             attempts += 1
-            sent = self._clock()
+            sent, seq = self._clock(), self.flow.sent_total
             if started_at is None:
                 started_at = time.time()
             try:
@@ -120,7 +120,7 @@ class EndpointClient:
                 raise
             limited = isinstance(error, RateLimitError)
             self.flow.done(self._clock() - sent if error is None or limited else None, rate_limited=limited,
-                           token_error=usage.total_tokens - estimate if usage.total_tokens else 0)
+                           token_error=usage.total_tokens - estimate if usage.total_tokens else 0, seq=seq)
             rate_limited += limited
             if usage.total_tokens or usage.prompt_tokens or usage.completion_tokens:
                 billed.add(usage)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from batch._flow import ConcurrencyLimit, FlowControl, RateBudget
+from batch._flow import ConcurrencyLimit, FlowControl, RateBudget, law
 from support import SteppedTime, run, settle
 
 
@@ -303,6 +303,49 @@ def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_w
     assert flow.paused_until == pytest.approx(t.now)
 
 
+def _traffic(flow: FlowControl, t: SteppedTime, steps: list[str]) -> list[bool]:
+    """Sends and answers on a fake clock, a millisecond apart: "s" asks to send one request (it goes when
+    admitted), "ok" answers the oldest sent with a success, "429" refuses the newest sent at once and asks
+    it to wait 3 s. ``refused_for``'s verdicts are returned (a pool-wide pause or not), up to the first pause."""
+    sent: list[tuple[float, int]] = []  # when each request still out was sent, and its number
+    verdicts: list[bool] = []
+
+    async def main() -> None:
+        for step in steps:
+            await t.advance(0.001)
+            if step == "s":
+                asyncio.create_task(flow.admit()).add_done_callback(lambda _: sent.append((t.now, flow.sent_total)))
+            elif step == "ok":
+                at, seq = sent.pop(0)
+                flow.done(t.now - at, seq=seq)
+            else:
+                at, seq = sent.pop()
+                flow.done(t.now - at, rate_limited=True, seq=seq)
+                verdicts.append(flow.refused_for(3.0))
+                if verdicts[-1]:
+                    return
+    run(main())
+    return verdicts
+
+
+def test_a_spent_window_is_a_storm_as_soon_as_most_of_what_was_sent_since_is_refused():
+    """At a window's end, answers of requests sent before it ran out still come for a latency, a success for
+    each 429: the moving share of answers stays near one in two. Against what was sent since the first 429,
+    every one is refused: the pool pauses after a few, not a latency later."""
+    t = SteppedTime()
+    flow = FlowControl(max_concurrency=10_000, clock=t.clock, sleep=t.sleep)
+    verdicts = _traffic(flow, t, ["s"] * 60 + ["ok"] * 30 + ["s", "429", "ok"] * 12)
+    assert verdicts.index(True) == law.STORM_REFUSED - 1  # eight refused of the nine sent from the first on
+    assert flow.refused < law.STORM_SHARE  # the answers alone would not have told it yet
+
+
+def test_a_bucket_slightly_over_refuses_a_few_of_what_is_sent_and_is_no_storm():
+    t = SteppedTime()
+    flow = FlowControl(max_concurrency=10_000, clock=t.clock, sleep=t.sleep)
+    verdicts = _traffic(flow, t, ["s"] * 60 + ["ok"] * 30 + (["s", "ok"] * 4 + ["s", "429"]) * 12)  # a fifth refused
+    assert verdicts and not any(verdicts) and flow.paused_until == 0.0
+
+
 def test_a_probe_goes_out_at_once_not_behind_the_pacers_held_line():
     """A stated pause holds the requests in line at the pacer too; its probe is sent to find the pause's end,
     so it goes when due, not after a turn of its own at the pacer."""
@@ -340,3 +383,42 @@ def test_with_every_slot_in_line_at_the_pacer_the_pacer_sends_the_probe():
         return [task.done() for task in waiting]
 
     assert run(admissions()) == [True, True, True]  # the turn booked before the pause, then a probe
+
+
+def _slow_start(latency_at, rounds: int = 14) -> ConcurrencyLimit:
+    """A saturated pool against a server whose latency at ``n`` in flight is ``latency_at(n)``: each round trip,
+    the limit's worth of answers come back spread over it (the pool always has more waiting)."""
+    t = SteppedTime()
+    limit = ConcurrencyLimit(100_000, initial=64, clock=t.clock)
+    loop = asyncio.new_event_loop()
+    for _ in range(rounds):
+        n = limit.limit
+        latency = latency_at(n)
+        for _ in range(n):
+            t.now += latency / n
+            limit.in_flight = limit.limit
+            limit._waiters.append(loop.create_future())
+            limit.release(latency)
+    loop.close()
+    return limit
+
+
+@pytest.mark.parametrize("capacity", [2000, 4000])
+def test_slow_start_stops_once_answers_queue_at_a_server_that_answers_no_faster(capacity):
+    # 100 ms of work and ``capacity`` answers a second at most: above capacity x 0.1 in flight, the rest queue
+    limit = _slow_start(lambda n: max(0.1, n / capacity))
+    full = capacity * 0.1
+    assert full * 1.25 <= limit.limit <= full * 2  # past the point where latency shows the queue, not doubling on
+    unchecked = _slow_start(lambda n: 0.1, rounds=10)
+    assert unchecked.limit >= 64 * 2 ** 9  # with no queue it doubles every round trip
+
+
+def test_slow_start_goes_on_while_more_in_flight_still_brings_answers_faster():
+    # a server that batches: each answer takes longer the more it holds (twice as long at 400), but answers
+    # a second grow too, towards 4,000
+    latency = lambda n: 0.1 * (1 + n / 400)  # noqa: E731
+    limit = _slow_start(latency, rounds=60)
+    n = limit.limit
+    assert n / latency(n) >= 2000  # half of what it can give, at twice the least latency...
+    assert latency(n) <= 2.2 * limit.min_latency  # ...and no further: half of what is in flight would queue
+    assert limit.min_latency == pytest.approx(latency(64))

@@ -49,7 +49,7 @@ class FlowControl:
                  sleep: Sleep = asyncio.sleep, share: str | None = None) -> None:
         """``share``: a key naming the endpoint, to learn its rate together with the host's other workers."""
         self.clock, self.sleep = clock, sleep
-        self.limit = ConcurrencyLimit(max_concurrency)
+        self.limit = ConcurrencyLimit(max_concurrency, clock=clock)
         self.pace = LearnedRate(clock=clock, share=share)
         self.requests = RateBudget(requests_per_second, clock=clock) if requests_per_second else None
         self.tokens = (RateBudget(tokens_per_second, burst=tokens_per_second, clock=clock)
@@ -64,6 +64,10 @@ class FlowControl:
         self.probes = 0
         self.wait = law.DEFAULT_WAIT  # seconds the server last asked a refused request to wait
         self.sent = 0                 # requests sent and not yet done: the others holding a slot wait their turn
+        self.sent_total = 0           # requests sent in all: the last one sent is number ``sent_total``
+        self.refusals_at = float("-inf")  # when a 429 began the count of refusals among what was sent since:
+        self.refusals_from = 0        # the number of the refused request, and how many from it on were refused
+        self.refusals = 0
         self.last_done = clock()
         self._turns: deque[asyncio.Future[None]] = deque()
         self._pacer: asyncio.Task[None] | None = None
@@ -83,6 +87,7 @@ class FlowControl:
             self.limit.release()
             raise
         self.sent += 1
+        self.sent_total += 1
         self.pace.sent()
 
     async def _wait_turn(self, estimated_tokens: int) -> None:
@@ -153,15 +158,18 @@ class FlowControl:
 
     def _restart(self) -> None:
         """A new busy period: the learned rate is kept where safe (see ``LearnedRate.restart``); the
-        in-flight limit, reached by answers that came back, is kept."""
+        in-flight limit, reached by answers that came back, is kept, its least latency measured afresh."""
         self.pace.restart()
+        self.limit.restart()
         self.refused, self.answers = 0.0, 0
         self.wait, self.resuming = law.DEFAULT_WAIT, False
 
     # ------------------------------------------------------------ after a request
 
-    def done(self, latency: float | None, *, rate_limited: bool = False, token_error: int = 0) -> None:
-        """A request ended: ``latency`` when an answer came (a 429 included), None when it failed otherwise."""
+    def done(self, latency: float | None, *, rate_limited: bool = False, token_error: int = 0,
+             seq: int | None = None) -> None:
+        """A request ended: ``latency`` when an answer came (a 429 included), None when it failed otherwise;
+        ``seq`` its number (``sent_total`` once it was admitted; None: taken as the last one sent)."""
         now = self.clock()
         self.last_done = now
         self.sent -= 1
@@ -173,6 +181,11 @@ class FlowControl:
         self.answers += 1
         self.refused = law.refused_share(self.refused, rate_limited, self.answers)
         if rate_limited:
+            seq = self.sent_total if seq is None else seq
+            if now - self.refusals_at > self.pace.window:  # what was sent from this request on is counted anew
+                self.refusals_at, self.refusals_from, self.refusals = now, seq, 1
+            elif seq >= self.refusals_from:
+                self.refusals += 1
             if self.resuming:
                 self.pace.refused(now - latency)
             if self.paused_until <= now or not self.pause_stated:
@@ -202,7 +215,8 @@ class FlowControl:
             self.paused_until = max(self.paused_until, now + seconds)
             self.pause_stated = self.pause_stated or stated
             return True
-        if not law.is_storm(self.refused):
+        sent_since = self.sent_total - self.refusals_from + 1
+        if not (law.is_storm(self.refused) or law.sends_refused(self.refusals, sent_since)):
             return False
         self.paused_until, self.paused_at, self.pause_stated, self.resuming = now + seconds, now, stated, True
         self.pace.storm()

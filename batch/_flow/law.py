@@ -25,9 +25,10 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
   When the rate delivered at the storm was well above budget over length (``BURSTY``), the rate is set
   just under that and held there for a few windows, then probed one step a window.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
-  the rate is cut; the pool does not stop. Only a storm (most recent answers refused: a spent
-  window, a full concurrency cap) pauses the pool, and then single probe requests go out at
-  growing gaps so the pool resumes as soon as one is answered, not a rounded-up second later.
+  the rate is cut; the pool does not stop. Only a storm (most recent answers refused, or most of what
+  was sent since a 429 came: a spent window, a full concurrency cap) pauses the pool, and then single
+  probe requests go out at growing gaps so the pool resumes as soon as one is answered, not a
+  rounded-up second later.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import math
 __all__ = [
     "CUT", "KEEP_OF_PEAK", "FLOOR", "RECOVER", "MIN_RECOVER", "SEARCH_UNMEASURED", "SEARCH_RAMPING", "PROBE",
     "MAX_STREAK", "PROBE_HORIZON", "CLOSING", "DEFAULT_WAIT", "HEADROOM", "STORM_WEIGHT", "STORM_SHARE",
-    "FIRST_PROBE_GAP", "MAX_PROBE_GAP",
+    "FIRST_PROBE_GAP", "MAX_PROBE_GAP", "STORM_REFUSED", "sends_refused",
     "raised", "worth_probing", "cut", "unmeasured_cut", "stated_rate", "in_flight_for", "refused_share", "is_storm",
     "probe_gap", "BURSTY", "MIN_WINDOW", "SPREAD_SHARE", "spread_rate",
 ]
@@ -162,6 +163,21 @@ def refused_share(share: float, refused: bool, answers: int) -> float:
 def is_storm(share: float) -> bool:
     """Most recent answers were refused: the limit is spent for now, not slightly exceeded."""
     return share >= STORM_SHARE
+
+
+#: Refusals among the requests sent from a refused one on that tell a storm by themselves (``sends_refused``).
+STORM_REFUSED = 8
+
+
+def sends_refused(refused: int, sent: int) -> bool:
+    """Most requests sent from a refused one on were refused already (``refused`` of ``sent``): a storm.
+
+    The moving share of answers (``is_storm``) tells it only once the answers of requests sent before the
+    limit ran out stop coming, a latency later: a 429 comes back at once, a success only after the work.
+    Counting against what was *sent*, before those answers are in, tells a spent window at once, while a
+    bucket slightly over refuses only the part of what is sent above its rate.
+    """
+    return refused >= STORM_REFUSED and refused >= STORM_SHARE * sent
 
 
 #: A storm while the delivered rate is above this many times the budget rate of the window it spent means
