@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -303,10 +304,10 @@ def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_w
     assert flow.paused_until == pytest.approx(t.now)
 
 
-def _traffic(flow: FlowControl, t: SteppedTime, steps: list[str]) -> list[bool]:
+def _traffic(flow: FlowControl, t: SteppedTime, steps: list[str], wait: float = 3.0) -> list[bool]:
     """Sends and answers on a fake clock, a millisecond apart: "s" asks to send one request (it goes when
     admitted), "ok" answers the oldest sent with a success, "429" refuses the newest sent at once and asks
-    it to wait 3 s. ``refused_for``'s verdicts are returned (a pool-wide pause or not), up to the first pause."""
+    it to wait ``wait`` seconds. ``refused_for``'s verdicts are returned (a pool-wide pause or not), up to the first pause."""
     sent: list[tuple[float, int]] = []  # when each request still out was sent, and its number
     verdicts: list[bool] = []
 
@@ -321,7 +322,7 @@ def _traffic(flow: FlowControl, t: SteppedTime, steps: list[str]) -> list[bool]:
             else:
                 at, seq = sent.pop()
                 flow.done(t.now - at, rate_limited=True, seq=seq)
-                verdicts.append(flow.refused_for(3.0))
+                verdicts.append(flow.refused_for(wait))
                 if verdicts[-1]:
                     return
     run(main())
@@ -337,6 +338,18 @@ def test_a_spent_window_is_a_storm_as_soon_as_most_of_what_was_sent_since_is_ref
     verdicts = _traffic(flow, t, ["s"] * 60 + ["ok"] * 30 + ["s", "429", "ok"] * 12)
     assert verdicts.index(True) == law.STORM_REFUSED - 1  # eight refused of the nine sent from the first on
     assert flow.refused < law.STORM_SHARE  # the answers alone would not have told it yet
+
+
+def test_after_a_short_pause_one_429_is_one_429_not_the_storm_again():
+    t = SteppedTime()
+    flow = FlowControl(max_concurrency=10_000, clock=t.clock, sleep=t.sleep)
+    verdicts = _traffic(flow, t, ["s"] * 60 + ["ok"] * 30 + ["s", "429", "ok"] * 12, wait=0.02)
+    assert verdicts[-1] is True
+    t.now += 0.05  # the pause the server asked for is over, well within half a second of the first 429
+    for _ in range(10):  # answers of requests sent before it
+        flow.done(0.1, seq=flow.sent_total)
+    flow.done(0.001, rate_limited=True, seq=flow.sent_total)
+    assert flow.refused_for(0.02) is False
 
 
 def test_a_bucket_slightly_over_refuses_a_few_of_what_is_sent_and_is_no_storm():
@@ -385,9 +398,10 @@ def test_with_every_slot_in_line_at_the_pacer_the_pacer_sends_the_probe():
     assert run(admissions()) == [True, True, True]  # the turn booked before the pause, then a probe
 
 
-def _slow_start(latency_at, rounds: int = 14) -> ConcurrencyLimit:
-    """A saturated pool against a server whose latency at ``n`` in flight is ``latency_at(n)``: each round trip,
-    the limit's worth of answers come back spread over it (the pool always has more waiting)."""
+def _slow_start(latency_at, rounds: int = 14, lengths=lambda: 1.0) -> ConcurrencyLimit:
+    """A saturated pool against a server whose latency at ``n`` in flight is ``latency_at(n)`` times each answer's
+    ``lengths()``: each round trip, the limit's worth of answers come back spread over it (the pool always has
+    more waiting)."""
     t = SteppedTime()
     limit = ConcurrencyLimit(100_000, initial=64, clock=t.clock)
     loop = asyncio.new_event_loop()
@@ -398,9 +412,17 @@ def _slow_start(latency_at, rounds: int = 14) -> ConcurrencyLimit:
             t.now += latency / n
             limit.in_flight = limit.limit
             limit._waiters.append(loop.create_future())
-            limit.release(latency)
+            limit.release(latency * lengths())
     loop.close()
     return limit
+
+
+def test_answers_of_varied_lengths_are_no_queue():
+    """A model's answers take from one to ten times the shortest: the average is far above the least, but each
+    round trip's quickest answer stays where it was, and slow start goes on doubling."""
+    lengths = random.Random(7).uniform
+    limit = _slow_start(lambda n: 0.5, rounds=8, lengths=lambda: lengths(1.0, 10.0))
+    assert limit.limit >= 64 * 2 ** 6 and limit.queued < 1.125
 
 
 @pytest.mark.parametrize("capacity", [2000, 4000])

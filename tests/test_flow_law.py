@@ -90,6 +90,17 @@ def test_storms(answers, storm_after):
     assert seen == storm_after
 
 
+@pytest.mark.parametrize("refused,sent,storm", [
+    (7, 7, False),    # every one refused, but too few to say
+    (8, 8, True),     # a spent window: all of what was sent from the first refused on
+    (8, 13, True),    # 0.6 of them, and at least eight
+    (8, 14, False),   # under 0.6: a rate over its cap by half refuses a third of what it sends
+    (20, 100, False),  # a bucket slightly over
+])
+def test_storm_among_what_was_sent(refused, sent, storm):
+    assert law.sends_refused(refused, sent) is storm
+
+
 @pytest.mark.parametrize("successes,seconds,delivered,expected", [
     (5000.0, 5.0, 4000.0, 980.0),  # a window's budget spent at four times its rate: spread, just under it
     (5000.0, 5.0, 1100.0, None),   # delivered about the budget rate: a rate slightly over, not a burst

@@ -8,11 +8,13 @@ learned rate (``batch._flow.pace``), and an in-flight cap cut on 429s would only
 slower controller fighting the first.
 
 Slow start stops short of flooding a server that is already as busy as it gets, as HyStart++ (RFC 9406)
-does for TCP: once answers take ``QUEUE_GAIN`` times the least latency seen, requests are queueing there,
-and the limit grows a quarter as fast (``CSS_DIVISOR``), and only while each round trip's answers still
-came faster by at least ``MARGINAL`` of what the limit grew (a server that batches answers more the more
-it holds) and took under ``QUEUE_LIMIT`` times the least latency; otherwise it stops growing. A queue at
-the server brings no answer sooner, and whatever is queued there when a budget runs out is refused all at
+does for TCP: once a round trip's quickest answer takes ``QUEUE_GAIN`` times the quickest of the busy
+period's round trips, requests are queueing there (a queue delays every answer, the quickest too, while
+answers of varied lengths leave each round trip's quickest where it was), and the limit grows a quarter
+as fast (``CSS_DIVISOR``), no further than a quarter above where the queue began plus what answers a
+second gained since over ``MARGINAL`` (a server that batches answers more the more it holds), and only
+while the quickest answer takes under ``QUEUE_LIMIT`` times the least; otherwise it stops growing. A queue at the
+server brings no answer sooner, and whatever is queued there when a budget runs out is refused all at
 once.
 """
 
@@ -23,23 +25,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["ConcurrencyLimit", "INITIAL_IN_FLIGHT", "LATENCY_WEIGHT", "QUEUE_GAIN", "CSS_DIVISOR", "MARGINAL",
-           "QUEUE_LIMIT"]
+__all__ = ["ConcurrencyLimit", "INITIAL_IN_FLIGHT", "LATENCY_WEIGHT", "QUEUE_GAIN", "ROUND_SAMPLES", "CSS_DIVISOR",
+           "MARGINAL", "QUEUE_LIMIT"]
 
 #: The first volley of a worker: enough for 640 requests/s at 100 ms before the first answer, few
 #: enough that a capped endpoint refuses only the part of it above its burst.
 INITIAL_IN_FLIGHT = 64
 #: Weight of the newest latency in the moving average the Little's-law floor uses.
 LATENCY_WEIGHT = 0.2
-#: Answers taking this many times the least latency seen means requests queue at the server: HyStart++'s rise
-#: of an eighth (without its 16 ms cap, which would be noise at a model's latency of seconds).
+#: A round trip's quickest answer taking this many times the quickest of the busy period's round trips means
+#: requests queue at the server: HyStart++'s rise of an eighth (without its 16 ms cap, which would be noise at
+#: a model's latency of seconds).
 QUEUE_GAIN = 1.125
-#: While they queue, the limit grows one for this many answers (HyStart++'s conservative slow start)...
+#: Answers of a round trip before its quickest says anything (HyStart++'s ``N_RTT_SAMPLE``).
+ROUND_SAMPLES = 8
+#: While they queue, the limit grows one for this many answers (HyStart++'s conservative slow start), to at
+#: most a ``1 / CSS_DIVISOR`` above where the queue began...
 CSS_DIVISOR = 4
-#: ...and only while a round trip's answers came faster than the last one's by at least this share of what
-#: the limit grew between them (a limit 20% higher must bring at least 10% more answers a second)...
+#: ...plus what answers a second gained since over this share (a limit 20% higher must have brought 10% more
+#: answers a second before it grows on)...
 MARGINAL = 0.5
-#: ...and never once answers take this many times the least latency: twice the least latency's worth of
+#: ...and never once the quickest answer takes this many times the least: twice the least latency's worth of
 #: answers in flight is as much as BBR keeps (its ``cwnd_gain``), and half of them would be queued.
 QUEUE_LIMIT = 2.0
 
@@ -59,13 +65,15 @@ class ConcurrencyLimit:
 
     def restart(self) -> None:
         """A new busy period (a new job): its least latency and round trips are measured afresh."""
-        self.min_latency = 0.0  # the least latency answered in this busy period
+        self.min_latency = 0.0  # the least of the busy period's round trips' quickest answers (0: none yet)
+        self.queued = 1.0  # this round trip's quickest answer so far over that (the last one's, early in it)
         self._round_at = float("-inf")
+        self._round_min = float("inf")
         self._answers = 0  # answered in this round trip
         self._rate = 0.0  # answers a second in the last whole round trip, and the limit when this one began
         self._round_limit = self.limit
         self._base: tuple[float, int] | None = None  # the two when requests began to queue
-        self._gaining = True  # answers came faster since then by enough for the limit's growth
+        self._css_cap = float("inf")  # how far the limit may grow while they queue
         self._credit = 0
 
     async def acquire(self) -> None:
@@ -88,9 +96,9 @@ class ConcurrencyLimit:
             self.latency = latency if not self.latency else self.latency + LATENCY_WEIGHT * (latency - self.latency)
             self._answered(latency)
             if self._waiters and self.limit < self.maximum:  # the limit held the pool back: one more...
-                if self.latency < QUEUE_GAIN * self.min_latency or not self.min_latency:
+                if self.queued < QUEUE_GAIN:
                     self.limit += 1
-                elif self._gaining and self.latency < QUEUE_LIMIT * self.min_latency:
+                elif self.limit < self._css_cap and self.queued < QUEUE_LIMIT:
                     # ...or a quarter of one while requests queue and more still answer faster
                     self._credit += 1
                     if self._credit >= CSS_DIVISOR:
@@ -99,28 +107,34 @@ class ConcurrencyLimit:
         self._release_slot()
 
     def _answered(self, latency: float) -> None:
-        """Round trips, each as long as the least latency: their answers a second say whether a higher
-        limit still brings answers faster."""
+        """Round trips, each as long as the average latency: their quickest answers say whether requests
+        queue, their answers a second whether a higher limit still brings answers faster."""
         now = self.clock()
-        if latency < self.min_latency or not self.min_latency:
-            self.min_latency = latency
         self._answers += 1
+        self._round_min = min(self._round_min, latency)
+        if self._answers >= ROUND_SAMPLES and self.min_latency:
+            self.queued = self._round_min / self.min_latency
+            if self.queued >= QUEUE_GAIN and self._base is None and now > self._round_at:
+                # requests began to queue: what more in flight brings is measured from the answers a second now
+                self._base = (max(self._rate, self._answers / (now - self._round_at)), self._round_limit)
+                self._css_cap = self._round_limit * (1.0 + 1.0 / CSS_DIVISOR)
         if self._round_at == float("-inf"):
             self._round_at = now
             return
         length = now - self._round_at
-        if length < self.min_latency or length <= 0:
+        if length < self.latency or length <= 0:
             return
+        if self._answers >= ROUND_SAMPLES and (self._round_min < self.min_latency or not self.min_latency):
+            self.min_latency = self._round_min
         rate = self._answers / length  # the answers of requests sent in the last round, under its limit
-        if self.latency < QUEUE_GAIN * self.min_latency:
-            self._base, self._gaining = None, True
-        elif self._base is None:  # requests began to queue: what more in flight brings is measured from here
-            self._base = (max(rate, self._rate), self._round_limit)
-        elif self._gaining:  # against where the queue began, not the last round alone: a round's answers
-            base_rate, base_limit = self._base  # come in clumps, and one round says little
-            self._gaining = rate / base_rate - 1.0 >= MARGINAL * (self._round_limit / base_limit - 1.0)
+        if self.queued < QUEUE_GAIN:
+            self._base, self._css_cap = None, float("inf")
+        elif self._base is not None and self._base[0]:  # from where the queue began, not the last round alone:
+            base_rate, base_limit = self._base  # a round's answers come in clumps
+            gained = max(0.0, rate / base_rate - 1.0)
+            self._css_cap = base_limit * (1.0 + 1.0 / CSS_DIVISOR + gained / MARGINAL)
         self._rate, self._round_limit = rate, self.limit
-        self._round_at, self._answers = now, 0
+        self._round_at, self._round_min, self._answers = now, float("inf"), 0
 
     def at_least(self, needed: int) -> None:
         """Raise the limit to ``needed`` (capped at ``maximum``) when it is lower."""

@@ -162,6 +162,7 @@ class FlowControl:
         self.pace.restart()
         self.limit.restart()
         self.refused, self.answers = 0.0, 0
+        self.refusals_at = float("-inf")
         self.wait, self.resuming = law.DEFAULT_WAIT, False
 
     # ------------------------------------------------------------ after a request
@@ -219,6 +220,7 @@ class FlowControl:
         if not (law.is_storm(self.refused) or law.sends_refused(self.refusals, sent_since)):
             return False
         self.paused_until, self.paused_at, self.pause_stated, self.resuming = now + seconds, now, stated, True
+        self.refusals_at = float("-inf")  # what the pause ends is counted afresh: a 429 after it is one 429
         self.pace.storm()
         self.probes = 0
         self.probe_at = now + law.probe_gap(0)
