@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 
 import pytest
@@ -307,7 +308,8 @@ def test_one_429_among_successes_holds_only_its_request_a_storm_holds_the_pool_w
 def _traffic(flow: FlowControl, t: SteppedTime, steps: list[str], wait: float = 3.0) -> list[bool]:
     """Sends and answers on a fake clock, a millisecond apart: "s" asks to send one request (it goes when
     admitted), "ok" answers the oldest sent with a success, "429" refuses the newest sent at once and asks
-    it to wait ``wait`` seconds. ``refused_for``'s verdicts are returned (a pool-wide pause or not), up to the first pause."""
+    it to wait ``wait`` seconds. ``refused_for``'s verdicts are returned (a pool-wide pause or not), up to
+    the first pause."""
     sent: list[tuple[float, int]] = []  # when each request still out was sent, and its number
     verdicts: list[bool] = []
 
@@ -425,6 +427,16 @@ def test_answers_of_varied_lengths_are_no_queue():
     assert limit.limit >= 64 * 2 ** 6 and limit.queued < 1.125
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_answers_whose_quickest_wanders_slow_the_start_but_never_hold_it(seed):
+    """Lognormal answer times (a long tail both ways): one round trip's quickest answer is sometimes far below
+    the next one's, which reads as a queue; the limit then grows more slowly, as far as answers a second keep
+    up, and still reaches the default maximum of 1,024 within ten round trips."""
+    draw = random.Random(seed).gauss
+    limit = _slow_start(lambda n: 0.5, rounds=10, lengths=lambda: math.exp(draw(0.0, 1.0)))
+    assert limit.limit >= 1024
+
+
 @pytest.mark.parametrize("capacity", [2000, 4000])
 def test_slow_start_stops_once_answers_queue_at_a_server_that_answers_no_faster(capacity):
     # 100 ms of work and ``capacity`` answers a second at most: above capacity x 0.1 in flight, the rest queue
@@ -441,6 +453,6 @@ def test_slow_start_goes_on_while_more_in_flight_still_brings_answers_faster():
     latency = lambda n: 0.1 * (1 + n / 400)  # noqa: E731
     limit = _slow_start(latency, rounds=60)
     n = limit.limit
-    assert n / latency(n) >= 2000  # half of what it can give, at twice the least latency...
-    assert latency(n) <= 2.2 * limit.min_latency  # ...and no further: half of what is in flight would queue
+    assert n / latency(n) >= 2000  # half of what it can give...
+    assert n <= 800  # ...but not where twice as many in flight would bring a fifth more
     assert limit.min_latency == pytest.approx(latency(64))

@@ -11,9 +11,9 @@ Slow start stops short of flooding a server that is already as busy as it gets, 
 does for TCP: once a round trip's quickest answer takes ``QUEUE_GAIN`` times the quickest of the busy
 period's round trips, requests are queueing there (a queue delays every answer, the quickest too, while
 answers of varied lengths leave each round trip's quickest where it was), and the limit grows a quarter
-as fast (``CSS_DIVISOR``), no further than a quarter above where the queue began plus what answers a
-second gained since over ``MARGINAL`` (a server that batches answers more the more it holds), and only
-while the quickest answer takes under ``QUEUE_LIMIT`` times the least; otherwise it stops growing. A queue at the
+as fast (``CSS_DIVISOR``), and no further than a quarter above where the queue began plus what answers
+a second gained since over ``MARGINAL``: a server that batches, answering more the more it holds, still
+gets more, and one that answers no faster stops the growth. A queue at the
 server brings no answer sooner, and whatever is queued there when a budget runs out is refused all at
 once.
 """
@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 
 __all__ = ["ConcurrencyLimit", "INITIAL_IN_FLIGHT", "LATENCY_WEIGHT", "QUEUE_GAIN", "ROUND_SAMPLES", "CSS_DIVISOR",
-           "MARGINAL", "QUEUE_LIMIT"]
+           "MARGINAL"]
 
 #: The first volley of a worker: enough for 640 requests/s at 100 ms before the first answer, few
 #: enough that a capped endpoint refuses only the part of it above its burst.
@@ -43,11 +43,9 @@ ROUND_SAMPLES = 8
 #: most a ``1 / CSS_DIVISOR`` above where the queue began...
 CSS_DIVISOR = 4
 #: ...plus what answers a second gained since over this share (a limit 20% higher must have brought 10% more
-#: answers a second before it grows on)...
+#: answers a second before it grows on). No bound on latency itself: answers of varied lengths make a round
+#: trip's quickest answer wander, and a bound there held slow start where it was for good.
 MARGINAL = 0.5
-#: ...and never once the quickest answer takes this many times the least: twice the least latency's worth of
-#: answers in flight is as much as BBR keeps (its ``cwnd_gain``), and half of them would be queued.
-QUEUE_LIMIT = 2.0
 
 
 class ConcurrencyLimit:
@@ -98,7 +96,7 @@ class ConcurrencyLimit:
             if self._waiters and self.limit < self.maximum:  # the limit held the pool back: one more...
                 if self.queued < QUEUE_GAIN:
                     self.limit += 1
-                elif self.limit < self._css_cap and self.queued < QUEUE_LIMIT:
+                elif self.limit < self._css_cap:
                     # ...or a quarter of one while requests queue and more still answer faster
                     self._credit += 1
                     if self._credit >= CSS_DIVISOR:
