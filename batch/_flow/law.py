@@ -26,7 +26,7 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
   just under that and held there for a few windows, then probed one step a window.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
   the rate is cut; the pool does not stop. Only a storm (most recent answers refused, or most of what
-  was sent since a 429 came: a spent window, a full concurrency cap) pauses the pool, and then single
+  was sent from a refused request on: a spent window, a full concurrency cap) pauses the pool, and then single
   probe requests go out at growing gaps so the pool resumes as soon as one is answered, not a
   rounded-up second later.
 """
@@ -165,7 +165,8 @@ def is_storm(share: float) -> bool:
     return share >= STORM_SHARE
 
 
-#: Refusals among the requests sent from a refused one on that tell a storm by themselves (``sends_refused``).
+#: Refusals among the requests sent from a refused one on that, with ``STORM_SHARE`` of those sent, tell a storm
+#: (``sends_refused``).
 STORM_REFUSED = 8
 
 
