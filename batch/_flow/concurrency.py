@@ -7,15 +7,14 @@ rate needs at the measured latency. A 429 never lowers it: the answer to a rate 
 learned rate (``batch._flow.pace``), and an in-flight cap cut on 429s would only add a second,
 slower controller fighting the first.
 
-Slow start stops short of flooding a server that is already as busy as it gets, as HyStart++ (RFC 9406)
-does for TCP: once a round trip's quickest answer takes ``QUEUE_GAIN`` times the quickest of the busy
-period's round trips, requests are queueing there (a queue delays every answer, the quickest too, while
-answers of varied lengths leave each round trip's quickest where it was), and the limit grows a quarter
-as fast (``CSS_DIVISOR``), and no further than a quarter above where the queue began plus what answers
-a second gained since over ``MARGINAL``: a server that batches, answering more the more it holds, still
-gets more, and one that answers no faster stops the growth. A queue at the
-server brings no answer sooner, and whatever is queued there when a budget runs out is refused all at
-once.
+Slow start stops short of flooding a server that is already as busy as it gets, after HyStart++ (RFC 9406)
+for TCP: once a round trip's quickest answer takes ``QUEUE_GAIN`` times the quickest of the busy period's
+round trips, requests are queueing there (a queue delays every answer, the quickest too, while answers of
+varied lengths leave each round trip's quickest where it was). The limit then grows a quarter as fast
+(``CSS_DIVISOR``), and no further than a quarter above where the queue began plus what answers a second
+gained since over ``MARGINAL``: a server that batches, answering more the more it holds, still gets more,
+and one that answers no faster stops the growth. A queue at the server brings no answer sooner, and
+whatever is queued there when a budget runs out is refused all at once.
 """
 
 from __future__ import annotations

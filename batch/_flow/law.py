@@ -26,9 +26,9 @@ write; ``batch._flow.control`` applies them to requests. The ideas, in order:
   just under that and held there for a few windows, then probed one step a window.
 * **One 429 among successes means "slightly over"**: that request waits what the server asked and
   the rate is cut; the pool does not stop. Only a storm (most recent answers refused, or most of what
-  was sent from a refused request on: a spent window, a full concurrency cap) pauses the pool, and then single
-  probe requests go out at growing gaps so the pool resumes as soon as one is answered, not a
-  rounded-up second later.
+  was sent from a refused request on: a spent window, a full concurrency cap) pauses the pool, and
+  then single probe requests go out at growing gaps so the pool resumes as soon as one is answered,
+  not a rounded-up second later.
 """
 
 from __future__ import annotations
