@@ -126,7 +126,7 @@ class ConcurrencyLimit:
         rate = self._answers / length  # the answers of requests sent in the last round, under its limit
         if self.queued < QUEUE_GAIN:
             self._base, self._css_cap = None, float("inf")
-        elif self._base is not None and self._base[0]:  # from where the queue began, not the last round alone:
+        elif self._base is not None:  # from where the queue began, not the last round alone:
             base_rate, base_limit = self._base  # a round's answers come in clumps
             gained = max(0.0, rate / base_rate - 1.0)
             self._css_cap = base_limit * (1.0 + 1.0 / CSS_DIVISOR + gained / MARGINAL)
