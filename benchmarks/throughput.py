@@ -48,6 +48,7 @@ from batch.config import EndpointConfig
 from batch._engine import answer_rows
 from batch.serve import ServerProcess
 from batch._session import local_session
+from batch._transport import AiohttpTransport
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -314,33 +315,28 @@ class Bench:
     @staticmethod
     def lanes(server: ServerProcess, rows: int = 10000) -> tuple[float, int]:
         """Answered rows/s over the cap of ``CONCURRENT`` lanes in this process (no Spark): a client told the cap,
-        that never has more in flight than it. Each lane is one keep-alive HTTP/1.1 connection on asyncio streams
-        that writes its next request the moment its answer is read (a 429 is asked again at once). What it misses
-        of the cap is each request's time outside the server's handler, the server's and this client's share of
-        every round trip: aiohttp's client in its place gets three hundredths less."""
-        host, port = server.url.split("//", 1)[1].rsplit(":", 1)
+        that never has more in flight than it. The lanes share the toolkit's transport with no flow control (for a
+        plain ``http://`` endpoint, its keep-alive HTTP/1.1 pool on asyncio), and each posts its next request the
+        moment its answer is read (a 429 is asked again at once). What they miss of the cap is each request's time
+        outside the server's handler, the server's and the client's share of every round trip: aiohttp's client in
+        their place gets three hundredths less."""
+        url = server.url + "/v1/chat/completions"
+        headers = {"Content-Type": "application/json"}
         body = b'{"model": "m", "messages": [{"role": "user", "content": "lane"}]}'
-        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
         async def run() -> float:
+            transport = AiohttpTransport()
+            timeout = transport.timeout({})
             left = iter(range(rows))
 
             async def lane() -> None:
-                reader, writer = await asyncio.open_connection(host, int(port))
                 for _ in left:
-                    status = 429
-                    while status == 429:
-                        writer.write(request)
-                        status, length = int((await reader.readline()).split()[1]), 0
-                        while (line := await reader.readline()) not in (b"\r\n", b""):
-                            if line.lower().startswith(b"content-length:"):
-                                length = int(line.split(b":")[1])
-                        await reader.readexactly(length)
-                writer.close()
+                    while (await transport.post(url, headers, body, timeout))[0] == 429:
+                        pass
 
             started = time.perf_counter()
             await asyncio.gather(*(lane() for _ in range(CONCURRENT)))
+            await transport.aclose()
             return rows / (time.perf_counter() - started) / (CONCURRENT * 1000 / LATENCY_MS)
 
         server.reset()
