@@ -271,6 +271,29 @@ def test_a_job_that_follows_within_a_second_is_a_new_busy_period_and_its_opening
     assert rate.cuts == cuts + 2
 
 
+def test_a_429_after_a_short_quiet_measures_the_answers_since_not_the_quiet():
+    """Two jobs a third of a second apart are one busy period, but the quiet between them delivered nothing the
+    endpoint refused: a 429 early in the second cuts from what its own answers delivered."""
+    clock, rate = measured_twice()
+    kept = rate.rate
+    clock.now += 0.3
+    deliver(rate, clock, kept, 0.3)
+    rate.rate_limited()
+    assert rate.rate == pytest.approx(law.CUT * kept, rel=0.05)  # over the whole window: 0.6 of it
+
+
+def test_a_pace_left_unused_sends_no_burst_when_it_is_used_again():
+    """The burst absorbs the pacer's late wake-ups while busy; after an idle spell it would land on a full
+    rate at once (a concurrency cap refuses it)."""
+    clock, rate = cut_after(500)
+    clock.now += 0.02  # the pacer woke late: the requests it owes go at once
+    assert [rate.reserve() for _ in range(5)] == [0.0] * 5
+    clock.now += 1.0
+    waits = [rate.reserve() for _ in range(5)]
+    assert waits[0] == 0.0
+    assert waits[1:] == pytest.approx([i / rate.rate for i in range(1, 5)])
+
+
 @pytest.mark.parametrize("backlog,in_flight,latency,wait,expected", [
     (1000, 100, 0.1, 1.0, False),   # 1 s of work left against a 1 s Retry-After: not worth a 429
     (100, 100, 0.1, 1.0, False),    # 0.1 s of work left: a 429 now would add most of a second to the run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import uuid
 
@@ -112,3 +113,24 @@ def test_a_file_from_before_a_reboot_is_not_trusted(key):
     _learn_in_child(key, 5000.0)
     assert AdaptiveRate(clock=Clock(5001.0), share=key).rate is not None
     assert AdaptiveRate(clock=Clock(10.0), share=key).rate is None  # the clock went back: start afresh
+
+
+def test_a_workers_last_answer_reaches_the_host_at_once_not_with_its_next_job(key):
+    """Counts wait in a worker for a moment (fewer locks); once nothing of its own is in flight they are added
+    at once, or the host would seem busy through the quiet before the next job, and that job's opening would
+    be taken for the last one's."""
+    from batch._flow import FlowControl
+
+    clock = Clock()
+    a = FlowControl(max_concurrency=4, clock=clock, share=key)
+    b = AdaptiveRate(clock=clock, share=key)
+
+    async def one_request() -> None:
+        await a.admit()
+        await a.admit()
+        a.done(0.1)  # one still in flight: its count may wait in the worker
+        a.done(0.1)  # none: it goes to the shared cells now
+
+    asyncio.run(one_request())
+    clock.now += 0.05
+    assert b.delivered() > 0

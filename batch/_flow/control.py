@@ -200,6 +200,8 @@ class FlowControl:
             self.paused_until = min(self.paused_until, now)
             self.pace.resumed(now - latency)
         self.limit.release(latency)
+        if not self.sent:
+            self.pace.idle()
         rate = self.pace.rate
         if rate:
             self.limit.at_least(law.in_flight_for(rate, self.limit.latency))

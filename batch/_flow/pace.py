@@ -34,6 +34,16 @@ LAYOUT = 10.0
 SLOTS = 25
 #: Seconds a worker may keep its counts to itself before adding them to the shared cells (fewer locks).
 FLUSH = 0.005
+#: Seconds with no answer after which the answers that follow are measured on their own (``_rate_of``): a
+#: window of answers that straddles a quiet spell (the moment between two jobs) is no rate the endpoint
+#: allowed, and a 429 at a warm start cut to it (285 a second, against a cap of 970). Sent requests are
+#: measured from a quiet spell of a window: a pause's probes go a quarter of a second apart.
+ANSWER_GAP = 0.1
+#: Seconds a pace may go unused before the burst it banked is forfeit. The burst lets the pacer's own late
+#: wake-ups catch up within a busy stretch; sent at once after an idle spell (a new job, a task's start) it
+#: lands on top of a full rate, and a concurrency cap kept at its rate refuses it: five refusals in a row at
+#: a warm start against the concurrency profile, a storm, and a cut to half the rate.
+UNUSED = 0.1
 #: After a quiet spell a rate learned from 429s is kept this long (a second job right after the first
 #: starts at it); older, the endpoint is learned afresh: the cap, or who else shares it, may have changed.
 LEARNED_TTL = 60.0
@@ -127,6 +137,8 @@ class LearnedRate:
         self.slab.lock()
         try:
             self._flush(now)
+            if now - v[NEXT] > UNUSED:
+                v[NEXT] = after(now, v[RATE], v[BURST])
             v[NEXT], wait = book(v[NEXT], now, 1.0, v[RATE], v[BURST])
         finally:
             self.slab.unlock()
@@ -340,6 +352,17 @@ class LearnedRate:
         finally:
             self.slab.unlock()
 
+    def idle(self) -> None:
+        """Nothing of this worker's is in flight: its counts go to the shared cells now. Kept here, they would be
+        added when its next request goes, a new job's perhaps, as answers of that moment: the host would seem
+        busy through the quiet between two jobs."""
+        if self._sent or self._done:
+            self.slab.lock()
+            try:
+                self._flush(self.clock())
+            finally:
+                self.slab.unlock()
+
     def close(self) -> None:
         self.slab.close()
 
@@ -357,11 +380,11 @@ class LearnedRate:
                 v[SENT_SINCE] = 0.0  # a new busy period: what was sent before it says nothing about now
                 # and its start stands for a window's turn until one is seen: the quiet before it spent nothing
                 v[RESUMED_AT], v[RESUMED_DONE], v[FROM_START] = now, v[DONE_TOTAL], 1.0
-            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now, self._sent)
+            self._count(SENT_RING, FIRST_SENT, LAST_SENT, now, self._sent, self.window)
             v[SENT_SINCE] += self._sent
             self._sent = 0
         if self._done:
-            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now, self._done)
+            self._count(DONE_RING, FIRST_DONE, LAST_DONE, now, self._done, ANSWER_GAP)
             v[DONE_TOTAL] += self._done
             self._done = 0
         self._flushed = now
@@ -370,10 +393,10 @@ class LearnedRate:
         """Seconds since the host last sent a request or had one answered (counts still in this worker aside)."""
         return now - max(self.v[LAST_SENT], self.v[LAST_DONE])
 
-    def _count(self, ring: int, first: int, last: int, now: float, events: int) -> None:
-        """More events in ``ring``; after a quiet spell the new busy period is measured on its own."""
+    def _count(self, ring: int, first: int, last: int, now: float, events: int, gap: float) -> None:
+        """More events in ``ring``; after ``gap`` seconds with none, those that follow are measured on their own."""
         v = self.v
-        if now - v[last] > self.window:
+        if now - v[last] > gap:
             v[first] = now
         v[last] = now
         epoch = now // self.slot
@@ -382,13 +405,17 @@ class LearnedRate:
             v[cell], v[cell + 1] = epoch, 0.0
         v[cell + 1] += events
 
-    def _recent(self, ring: int, now: float) -> float:
-        """Events in the current slot and the ``SLOTS`` before it: the last window and a bit."""
+    def _recent(self, ring: int, now: float, since: float = NEVER) -> float:
+        """Events in the current slot and the ``SLOTS`` before it (the last window and a bit), none before
+        the slot of ``since``."""
         v = self.v
         epoch = now // self.slot
+        oldest = since // self.slot if since != NEVER else NEVER
         total = 0.0
         for back in range(SLOTS + 1):
             stamp = epoch - back
+            if stamp < oldest:
+                break
             cell = ring + 2 * int(stamp % (SLOTS + 1))
             if v[cell] == stamp:
                 total += v[cell + 1]
@@ -399,7 +426,7 @@ class LearnedRate:
             return 0.0
         counted = self.window + now % self.slot  # what ``_recent`` covers
         # Early on the window is not full yet: dividing by all of it would understate the rate.
-        return self._recent(ring, now) / max(min(counted, now - self.v[first]), self.interval)
+        return self._recent(ring, now, self.v[first]) / max(min(counted, now - self.v[first]), self.interval)
 
     def _peak(self, delivered: float, now: float) -> float:
         """The best delivered rate seen, fading by half every ``PEAK_HALF_LIFE`` seconds."""
