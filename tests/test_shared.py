@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import uuid
 
 import pytest
 
 import batch._flow.shared
+from batch._flow import FlowControl
 from batch._flow.pace import LearnedRate as AdaptiveRate
 from batch._flow.shared import Slab, path_for
-from support import Clock
+from support import Clock, run
 
 
 @pytest.fixture
@@ -119,8 +119,6 @@ def test_a_workers_last_answer_reaches_the_host_at_once_not_with_its_next_job(ke
     """Counts wait in a worker for a moment (fewer locks); once nothing of its own is in flight they are added
     at once, or the host would seem busy through the quiet before the next job, and that job's opening would
     be taken for the last one's."""
-    from batch._flow import FlowControl
-
     clock = Clock()
     a = FlowControl(max_concurrency=4, clock=clock, share=key)
     b = AdaptiveRate(clock=clock, share=key)
@@ -131,6 +129,6 @@ def test_a_workers_last_answer_reaches_the_host_at_once_not_with_its_next_job(ke
         a.done(0.1)  # one still in flight: its count may wait in the worker
         a.done(0.1)  # none: it goes to the shared cells now
 
-    asyncio.run(one_request())
+    run(one_request())
     clock.now += 0.05
     assert b.delivered() > 0

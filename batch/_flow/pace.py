@@ -198,13 +198,8 @@ class LearnedRate:
         """A request went out: while nothing is answered, what we send is all there is to go by."""
         now = self.clock()
         self._sent += 1
-        if now - self._flushed < FLUSH:
-            return
-        self.slab.lock()
-        try:
-            self._flush(now)
-        finally:
-            self.slab.unlock()
+        if now - self._flushed >= FLUSH:
+            self._flush_locked(now)
 
     def success(self, probe: bool = True) -> None:
         """An answer came; ``probe`` False when too little work is left to probe above the cap
@@ -357,14 +352,17 @@ class LearnedRate:
         added when its next request goes, a new job's perhaps, as answers of that moment: the host would seem
         busy through the quiet between two jobs."""
         if self._sent or self._done:
-            self.slab.lock()
-            try:
-                self._flush(self.clock())
-            finally:
-                self.slab.unlock()
+            self._flush_locked(self.clock())
 
     def close(self) -> None:
         self.slab.close()
+
+    def _flush_locked(self, now: float) -> None:
+        self.slab.lock()
+        try:
+            self._flush(now)
+        finally:
+            self.slab.unlock()
 
     # ------------------------------------------------------------ under the lock
 
