@@ -40,7 +40,7 @@ from ._flow.shared import private_dir
 from ._wire import inputs_per_request, request_body
 
 __all__ = ["MemoSettings", "HostMemo", "RememberingClient", "fingerprint", "settings_from_env", "host_memo",
-           "answer_remembered", "body_digest", "FILE_NAME"]
+           "answer_remembered", "body_digest", "value_digest", "FILE_NAME"]
 
 log = logging.getLogger("batch._memo")
 
@@ -105,6 +105,36 @@ def body_digest(body: Any, *context: str) -> bytes:
     The job runner's per-row fingerprint is this too, with its own context."""
     text = "\x00".join((*context, _encode(body)))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+#: A text no request holds, put where a value goes to find that place in the body's canonical JSON.
+_SLOT = "\x00\ufdd0value\ufdd0\x00"
+
+
+def value_digest(config: EndpointConfig, params: Mapping[str, Any] | None, response_format: Mapping[str, Any] | None,
+                 *context: str) -> Callable[[Any], bytes]:
+    """``value -> body_digest(request_body(config, [value], params, response_format), *context)``, made once for
+    the many rows of a batch.
+
+    A text value is put in its body as it is, so its place in the body's canonical JSON is the same whatever the
+    text: each text then costs only its own encoding and the hash, not building and encoding the whole body
+    (a twentieth of the client's CPU for each request). Other values take the whole way.
+    """
+    def whole(value: Any) -> bytes:
+        return body_digest(request_body(config, [value], params, response_format), *context)
+
+    slot = _encode(_SLOT)
+    head, found, tail = "\x00".join((*context, _encode(request_body(config, [_SLOT], params, response_format)))
+                                     ).partition(slot)
+    if not found or slot in tail:
+        return whole
+
+    def digest(value: Any) -> bytes:
+        if type(value) is not str:
+            return whole(value)
+        return hashlib.sha256((head + _encode(value) + tail).encode("utf-8", "surrogatepass")).digest()
+
+    return digest
 
 
 def _pack(value: Any) -> bytes | None:
@@ -384,15 +414,18 @@ class RememberingClient:
         # Keys made for text values, and the parameters they were made with: the batch's keys are made
         # before its calls, and each call's answers are stored under the same keys, hashed once.
         self._known: dict[str, bytes] = {}
-        self._known_for: tuple[Any, Any] | None = None
+        self._known_for: tuple[Any, Any, Callable[[Any], bytes]] | None = None  # params, format, their digest
 
     def keys(self, values: Sequence[Any], params: Mapping[str, Any] | None,
              response_format: Mapping[str, Any] | None) -> list[bytes | None]:
         """One key per row (None for a NULL row); a value repeated in the batch is hashed once."""
         known = self._known_for
         if known is None or known[0] is not params or known[1] is not response_format:
-            self._known, self._known_for = {}, (params, response_format)
-        seen = self._known
+            config = self.config
+            known = self._known_for = (params, response_format, value_digest(
+                config, params, response_format, self.scope, config.name, config.url()))
+            self._known = {}
+        seen, digest = self._known, known[2]
         keys: list[bytes | None] = []
         for value in values:
             if value is None:
@@ -400,10 +433,10 @@ class RememberingClient:
             elif isinstance(value, str):
                 key = seen.get(value)
                 if key is None:
-                    key = seen[value] = fingerprint(self.scope, self.config, value, params, response_format)
+                    key = seen[value] = digest(value)
                 keys.append(key)
             else:
-                keys.append(fingerprint(self.scope, self.config, value, params, response_format))
+                keys.append(digest(value))
         return keys
 
     async def call(self, inputs: Sequence[Any], params: Mapping[str, Any] | None = None,

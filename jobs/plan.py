@@ -12,9 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
-from batch._memo import body_digest
+from batch._memo import value_digest
 from batch._udf import request_values
-from batch._wire import request_body
 from batch.errors import ConfigError
 
 from . import tables
@@ -124,9 +123,8 @@ def fingerprint_column(output: OutputSpec, request: Column) -> Column:
     context = ("job row", config.name, query.result_type.simpleString(), str(query.cast_answers))
 
     def digest(batch):  # a Series, or a DataFrame for a STRUCT request (no hints: pandas_udf reads them)
-        values = request_values(batch, query)
-        return pd.Series([body_digest(request_body(config, [value], params, response_format), *context).hex()
-                          for value in values], dtype=object)
+        of = value_digest(config, params, response_format, *context)
+        return pd.Series([of(value).hex() for value in request_values(batch, query)], dtype=object)
 
     digest.__name__ = f"fingerprint_{output.name}"
     # PySpark's stubs list pandas_udf(f, returnType) only for a function with type hints; without them it is the

@@ -21,10 +21,10 @@ from pyspark.sql import functions as F
 import batch
 from batch._arguments import build_spec
 from batch._client import CallResult, EndpointClient
-from batch.config import registry
+from batch.config import EndpointConfig, registry
 from batch._functions import query_column
 from batch._memo import (FILE_NAME, SLICE, HostMemo, MemoSettings, RememberingClient, answer_remembered, fingerprint,
-                        settings_from_env)
+                        settings_from_env, value_digest)
 from batch._wire import Usage
 from batch.serve import simulated_answer
 import support
@@ -74,6 +74,23 @@ def test_fingerprint_is_what_is_sent(memo_chat):
               fingerprint("s", registry.get("memo-embed"), "hello", {"max_tokens": 5}, None)]
     assert len({base, *others}) == 6
 
+
+@pytest.mark.parametrize("entry", [
+    dict(api="openai", task="chat"), dict(api="openai", task="completions"), dict(api="openai", task="embeddings"),
+    dict(api="responses", task="chat"), dict(api="databricks", task="chat", host="http://127.0.0.1:9"),
+    dict(api="databricks", task="custom", host="http://127.0.0.1:9")])
+@pytest.mark.parametrize("params, response_format", [
+    (None, None), ({"max_tokens": 5, "temperature": 0.0}, None),
+    ({"stop": ['"', "\\"]}, {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}}})])
+def test_a_batchs_digest_of_a_value_is_its_fingerprint(entry, params, response_format):
+    """The digest made once for a batch puts a text where its body has it; any other value takes the whole way."""
+    config = EndpointConfig(name="digest", model="m", **{"base_url": "http://127.0.0.1:9/v1", **entry})
+    digest = value_digest(config, params, response_format, "s", config.name, config.url())
+    values = ["", "hello", " padded\n", 'quote " and \\ backslash', "é 😀 \u2028 \x00 \ud800",
+              "\x00\ufdd0value\ufdd0\x00", "x" * 5000, {"role": "user"}, ["a", "b"], 3, 2.5]
+    for value in values:
+        assert digest(value) == fingerprint("s", config, value, params, response_format), value
+    assert len({digest(v) for v in values}) == len(values)
 
 def test_age_bound_with_an_injected_clock(folder):
     clock = Clock(1000.0)
