@@ -154,6 +154,9 @@ def test_answer_shape_error_is_a_value_error():
 @pytest.mark.parametrize("body,expected", [
     ({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}, (3, 4, 7)),
     ({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}, (3, 4, 7)),
+    ({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 0}}, (3, 4, 7)),
+    ({"usage": {"prompt_tokens": 3, "completion_tokens": True, "total_tokens": 7}}, (3, 0, 7)),
+    ({"usage": {"prompt_tokens": 0, "input_tokens": 4, "total_tokens": 4}}, (4, 0, 4)),
     ({"usage": {"prompt_tokens": 5, "total_tokens": 5}}, (5, 0, 5)),
     ({"usage": {"prompt_tokens": "3", "completion_tokens": None, "total_tokens": 2.5}}, (0, 0, 0)),
     ({"usage": {"prompt_tokens": True, "completion_tokens": 2}}, (0, 2, 2)),
