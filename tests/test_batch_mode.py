@@ -100,13 +100,15 @@ def test_batch_mode_is_refused_for_endpoints_without_the_batch_api(batch_srv):
         parse_spec(_spec("bm_x", "batch", outputs={"answer": {"endpoint": "bm-dbx", "request": "body"}}))
     with pytest.raises(ConfigError, match="max_requests_per_file' must be a whole number >= 1 and <= 50000"):
         parse_spec(_spec("bm_x", {"mode": "batch", "max_requests_per_file": 60000}))
+    execution = parse_spec(_spec("bm_x", "batch")).execution  # OpenAI's Batch API: 50,000 requests, 200 MB a file
+    assert (execution.max_requests_per_file, execution.max_bytes_per_file) == (50_000, 200 * 1024 * 1024)
 
 
-# -------------------------------------------------------- 120,000 rows, killed between submission and completion
+# ------------------------------------------------- four batch files, killed between submission and completion
 
 @pytest.mark.spark
 def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv, tmp_path):
-    rows = 120_000
+    rows = 4_000  # two chunks, each more requests than one batch file may hold (max_requests_per_file below)
     _batches(srv, delay_s=3600, reset=True)  # the first process can only submit and wait
     data = tmp_path / "rows.json"
     data.write_text("".join(json.dumps({"id": i, "body": f"q{i}"}) + "\n" for i in range(rows)))
@@ -118,7 +120,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
         "job": "big", "input": {"path": str(data), "format": "json", "key": "id"},
         "outputs": {"answer": {"endpoint": "big-chat", "request": "body", "modelParameters": {"max_tokens": 4}}},
         "results": {"table": "big.answers"}, "usage": {"table": "big.usage"},
-        "execution": {"mode": "batch", "poll_seconds": 0.2}, "commit_every": 60_000,
+        "execution": {"mode": "batch", "poll_seconds": 0.2, "max_requests_per_file": 1_500}, "commit_every": 2_000,
         "spark": {"master": "local[2]", "warehouse": str(warehouse)}}))
     (warehouse / "big.db").mkdir(parents=True)
     first = job_process(spec_path, endpoints, tmp_path / "first.log")
@@ -135,7 +137,7 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     stats = _batches(srv)
-    assert stats["batches_created"] == 4 and stats["batches_completed"] == 0  # 2 chunks of 60,000 in 2 files each
+    assert stats["batches_created"] == 4 and stats["batches_completed"] == 0  # 2 chunks of 2,000 in 2 files each
     _batches(srv, delay_s=0)
     second = job_process(spec_path, endpoints, tmp_path / "second.log")
     assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
@@ -143,6 +145,6 @@ def test_a_killed_batch_job_resumes_polling_and_submits_nothing_twice(spark, srv
     assert stats["requests_submitted"] == rows and stats["batches_created"] == 4  # nothing submitted twice
     answers = spark.read.parquet(str(warehouse / "big.db" / "answers"))
     assert answers.count() == rows and answers.select("id").distinct().count() == rows
-    sample = {r["id"]: r["answer"] for r in answers.where("id < 5 OR id = 119999").collect()}
-    assert sample == {i: simulated_answer(f"q{i}", 4)[0] for i in (0, 1, 2, 3, 4, 119999)}
+    sample = {r["id"]: r["answer"] for r in answers.where(f"id < 5 OR id = {rows - 1}").collect()}
+    assert sample == {i: simulated_answer(f"q{i}", 4)[0] for i in (0, 1, 2, 3, 4, rows - 1)}
     assert answers.where("NOT ok").count() == 0
