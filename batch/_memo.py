@@ -118,7 +118,7 @@ def value_digest(config: EndpointConfig, params: Mapping[str, Any] | None, respo
 
     A text value is put in its body as it is, so its place in the body's canonical JSON is the same whatever the
     text: each text then costs only its own encoding and the hash, not building and encoding the whole body
-    (a twentieth of the client's CPU for each request). Other values take the whole way.
+    (5 of the 6.5 us a key took, of the 150 to 200 us a request costs the client). Other values take the whole way.
     """
     def whole(value: Any) -> bytes:
         return body_digest(request_body(config, [value], params, response_format), *context)
