@@ -228,6 +228,8 @@ class Bench:
     def saturation(self) -> None:
         rows = 6000 if self.quick else 20000
         pool_rows = 2000 if self.quick else 5000
+        print(f"  {rows:,} chat rows a run (the thread pool: {pool_rows:,}), cap {RATE:,} requests/s or its "
+              f"equivalent, {LATENCY_MS:g} ms latency{', --quick' if self.quick else ''}", flush=True)
         for profile in self.profiles:
             options, unit = PROFILES[profile]
             self.fresh()
