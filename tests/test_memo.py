@@ -92,6 +92,7 @@ def test_a_batchs_digest_of_a_value_is_its_fingerprint(entry, params, response_f
         assert digest(value) == fingerprint("s", config, value, params, response_format), value
     assert len({digest(v) for v in values}) == len(values)
 
+
 def test_age_bound_with_an_injected_clock(folder):
     clock = Clock(1000.0)
     memo = HostMemo(MemoSettings(folder=str(folder), max_age_s=60), clock=clock)
