@@ -119,11 +119,10 @@ def fingerprint_column(output: OutputSpec, request: Column) -> Column:
     result type as context. The URL is left out on purpose, so a moved endpoint does not re-ask everything."""
     query = output.query
     config = query.endpoint
-    params, response_format = query.params, query.response_format
     context = ("job row", config.name, query.result_type.simpleString(), str(query.cast_answers))
+    of = value_digest(config, query.params, query.response_format, *context)  # made once, pickled with the UDF
 
     def digest(batch):  # a Series, or a DataFrame for a STRUCT request (no hints: pandas_udf reads them)
-        of = value_digest(config, params, response_format, *context)
         return pd.Series([of(value).hex() for value in request_values(batch, query)], dtype=object)
 
     digest.__name__ = f"fingerprint_{output.name}"
